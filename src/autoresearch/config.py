@@ -1,0 +1,202 @@
+"""autoresearch.toml: schema, defaults, and one-sentence errors that name the key."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+CONFIG_NAME = "autoresearch.toml"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?", re.IGNORECASE)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(value: Any) -> float:
+    """'5m' -> 300.0, '1h30m' -> 5400.0, '90' or 90 -> 90.0 (seconds)."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}: use e.g. '90s', '5m', '1h30m'")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"duration must be positive, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"bad duration {value!r}: use e.g. '90s', '5m', '1h30m'")
+    text = value.strip().replace(" ", "")
+    pos, total = 0, 0.0
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"bad duration {value!r}: use e.g. '90s', '5m', '1h30m'")
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2).lower() if m.group(2) else None]
+        pos = m.end()
+    if total <= 0:
+        raise ValueError(f"bad duration {value!r}: must be positive, e.g. '90s', '5m', '1h30m'")
+    return total
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ExperimentConfig(_Strict):
+    setup: str = ""
+    run: str
+    evaluate: str = ""
+    budget: float = 300.0
+    timeout: float = 600.0
+    editable: list[str]
+    protected: list[str] = Field(default_factory=list)
+    hidden: list[str] = Field(default_factory=list)  # not visible to `run` under the bwrap sandbox
+    sandbox: Literal["auto", "none", "process", "bwrap"] = "none"
+    secrets: list[str] = Field(default_factory=list)  # extra env var names stripped by the sandbox
+    max_log_mb: float = 10.0
+    budget_grace: float = 0.25  # a run over budget * (1 + grace) + 30 s is `over_budget`
+
+    @field_validator("budget", "timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("run")
+    @classmethod
+    def _run_nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a non-empty shell command, e.g. run = \"python train.py\"")
+        return v
+
+    @field_validator("editable")
+    @classmethod
+    def _editable_nonempty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must list at least one file a proposer may change, e.g. editable = [\"train.py\"]")
+        return v
+
+    @model_validator(mode="after")
+    def _timeout_after_budget(self) -> "ExperimentConfig":
+        if self.timeout < self.budget:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) is shorter than budget ({self.budget:g}s); "
+                "set timeout above budget, e.g. twice it"
+            )
+        return self
+
+
+class MetricConfig(_Strict):
+    name: str = "val_bpb"
+    goal: Literal["minimize", "maximize"] = "minimize"
+
+
+class JudgeConfig(_Strict):
+    baseline_runs: int = Field(default=3, ge=1, le=100)
+    min_delta: float | Literal["auto"] = "auto"
+    confirm: bool = False
+    # A gain beyond both bounds is `suspicious` and must be re-run before it can be kept.
+    plausible_noise_factor: float = 10.0
+    plausible_relative: float = 0.05
+
+    @field_validator("min_delta")
+    @classmethod
+    def _nonneg(cls, v: Any) -> Any:
+        if isinstance(v, float) and v < 0:
+            raise ValueError("must be 'auto' or a number >= 0")
+        return v
+
+
+class SpaceSpec(_Strict):
+    """[proposer.space.KNOB]: override the search range of one knob, give choices, or exclude it."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    choices: list[float | int | str | bool] | None = None
+    exclude: bool = False
+
+
+class ProposerConfig(_Strict):
+    kind: Literal["tune", "llm", "agent", "hybrid"] = "tune"
+    seed: int | None = None
+    # tune
+    sampler: Literal["tpe", "cmaes", "random"] = "tpe"
+    space: dict[str, SpaceSpec] = Field(default_factory=dict)
+    # llm
+    provider: Literal["openai", "anthropic"] = "openai"
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""
+    temperature: float = 0.7
+    max_tokens: int = 8000
+    history: int = 20
+    request_timeout: float = 120.0
+    max_retries: int = 5
+    repair_turns: int = 2
+    price_input_per_mtok: float = 0.0
+    price_output_per_mtok: float = 0.0
+    response_format: Literal["text", "json_schema"] = "text"
+    # agent
+    agent: str = ""  # a template name: claude, codex, aider; or empty with `command`
+    command: str = ""  # custom agent command; {prompt_file} is replaced by the prompt's path
+    agent_timeout: float = 1800.0
+    # hybrid
+    tune_steps: int = 5  # K: tune experiments after each kept LLM change
+
+    @field_validator("agent_timeout", "request_timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
+class Config(_Strict):
+    experiment: ExperimentConfig
+    metric: MetricConfig = Field(default_factory=MetricConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    proposer: ProposerConfig = Field(default_factory=ProposerConfig)
+
+    @model_validator(mode="after")
+    def _editable_not_protected(self) -> "Config":
+        both = set(self.experiment.editable) & set(self.experiment.protected)
+        if both:
+            raise ValueError(f"experiment.editable and experiment.protected both list {sorted(both)}; a file is one or the other")
+        return self
+
+    @property
+    def maximize(self) -> bool:
+        return self.metric.goal == "maximize"
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{loc}'; remove it or check its spelling"
+    if first["type"] == "missing":
+        return f"{path}: missing required key '{loc}'; add it"
+    where = f"key '{loc}'" if loc else "config"
+    return f"{path}: {where}: {msg}"
+
+
+def parse_config(data: dict[str, Any], path: Path) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path)) from None
+
+
+def load_config(root: Path) -> Config:
+    """Read and validate ROOT/autoresearch.toml."""
+    path = Path(root) / CONFIG_NAME
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; create one with `autoresearch init {root}` or write it by hand")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML ({err}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    return parse_config(data, path)

@@ -186,3 +186,24 @@ def test_canonical_json_refuses_nan_and_inf(bad):
 def test_canonical_json_refuses_lone_surrogates():
     with pytest.raises(ValueError, match="invalid Unicode"):
         canonical_json({"log_tail": "bad \udcff byte"})
+
+
+def test_host_info_is_cheap_cached_and_does_not_import_torch():
+    """host_info() (recorded next to every signature) is JSON-ready and leaves torch unimported."""
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1]);"
+        "from autoresearch.hostinfo import host_info;"
+        "a = host_info(); a['cores'] = -1; b = host_info();"
+        "print(json.dumps({'info': b, 'torch': 'torch' in sys.modules}))"
+    )
+    src = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run([sys.executable, "-c", code, src], capture_output=True, text=True, timeout=60, check=True)
+    got = json.loads(out.stdout)
+    assert got["torch"] is False
+    info = got["info"]
+    assert info["cores"] == os.cpu_count()  # a caller mutating its copy does not change the cache
+    assert info["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert info["cpu"] and info["memory_gb"] > 0
+    assert isinstance(info["gpus"], list)
+    assert "numpy" in info["versions"]
+    canonical_json(info)  # fits in a signed record

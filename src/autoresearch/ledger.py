@@ -1,0 +1,240 @@
+"""The evidence ledger: append-only, hash-chained, signed records; results.tsv; verification.
+
+`ledger.jsonl` holds one canonical-JSON record per line. Every record carries `prev`, the sha256 of
+the previous line's bytes (64 zeros for the first), and `sig`, a signature over its own canonical
+JSON without `sig`. The first record (kind "start") holds the run's public key. Nothing but this
+module writes the record; each append is fsync'd before the caller moves the branch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+LEDGER_NAME = "ledger.jsonl"
+RESULTS_NAME = "results.tsv"
+GENESIS = "0" * 64
+
+
+class SignerLike(Protocol):
+    public_key: str
+
+    def sign(self, data: bytes) -> str: ...
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """Sorted keys, no whitespace, UTF-8; NaN and infinities are refused (store them as strings)."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def line_hash(line: bytes) -> str:
+    return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+
+
+def _clean_cell(value: Any) -> str:
+    return " ".join(str(value).split())  # no tabs or newlines inside a cell
+
+
+def results_header(metric: str) -> list[str]:
+    # The first five columns are exactly the original autoresearch's; ours follow.
+    return ["commit", metric, "memory_gb", "status", "description", "id", "delta", "wall_s", "proposer", "reason"]
+
+
+def results_row(record: dict[str, Any]) -> list[str]:
+    value = record.get("metric")
+    metric = f"{value:.6f}" if isinstance(value, (int, float)) and math.isfinite(value) else "0.000000"
+    mem = record.get("memory_gb")
+    delta = record.get("delta")
+    wall = sum(r.get("wall_s") or 0 for r in record.get("runs", []))
+    return [
+        (record.get("commit") or "0000000")[:7],
+        metric,
+        f"{mem:.1f}" if isinstance(mem, (int, float)) else "0.0",
+        record.get("status", ""),
+        _clean_cell(record.get("description", "")),
+        str(record.get("id")),
+        f"{delta:+.6f}" if isinstance(delta, (int, float)) else "",
+        f"{wall:.1f}",
+        _clean_cell(record.get("proposer", "")),
+        _clean_cell(record.get("reason", ""))[:200],
+    ]
+
+
+class LedgerError(Exception):
+    """The ledger file cannot be read as a chain (used by verify and by start-up repair)."""
+
+
+@dataclass
+class Ledger:
+    state_dir: Path
+    signer: SignerLike | None = None
+    _records: list[dict[str, Any]] = field(default_factory=list, init=False)
+    _last_hash: str = field(default=GENESIS, init=False)
+    _loaded: bool = field(default=False, init=False)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.state_dir) / LEDGER_NAME
+
+    @property
+    def results_path(self) -> Path:
+        return Path(self.state_dir) / RESULTS_NAME
+
+    def exists(self) -> bool:
+        return self.path.is_file() and self.path.stat().st_size > 0
+
+    def load(self) -> list[dict[str, Any]]:
+        """Read every record (no verification; `verify` does that)."""
+        records, last = [], GENESIS
+        if self.path.exists():
+            with open(self.path, "rb") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        records.append(json.loads(line))
+                    except ValueError:
+                        raise LedgerError(f"{self.path}: line {n} is not valid JSON") from None
+                    last = line_hash(line)
+        self._records, self._last_hash, self._loaded = records, last, True
+        return records
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self._loaded:
+            self.load()
+        return self._records
+
+    def header(self) -> dict[str, Any] | None:
+        recs = self.records()
+        return recs[0] if recs and recs[0].get("kind") == "start" else None
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("kind") == "experiment"]
+
+    def repair_torn_tail(self) -> str | None:
+        """A harness killed mid-write can leave a partial last line. Drop it and say what was dropped."""
+        if not self.path.exists():
+            return None
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return None
+        cut = data.rfind(b"\n") + 1
+        torn = data[cut:]
+        with open(self.path, "r+b") as fh:
+            fh.truncate(cut)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._loaded = False
+        return f"{self.path}: dropped a torn last line ({len(torn)} bytes, an unfinished write from a killed harness)"
+
+    def append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Chain, sign, write and fsync one record; then add its results.tsv row."""
+        if not self._loaded:
+            self.load()
+        record = {k: v for k, v in record.items() if k not in ("prev", "sig")}
+        record["prev"] = self._last_hash
+        if self.signer is not None:
+            record["sig"] = self.signer.sign(canonical(record))
+        line = canonical(record) + b"\n"
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._records.append(record)
+        self._last_hash = line_hash(line)
+        if record.get("kind") == "experiment":
+            self._append_result(record)
+        return record
+
+    def _append_result(self, record: dict[str, Any]) -> None:
+        header = self.header() or {}
+        new = not self.results_path.exists()
+        with open(self.results_path, "a", encoding="utf-8") as fh:
+            if new:
+                fh.write("\t".join(results_header(header.get("metric", "metric"))) + "\n")
+            fh.write("\t".join(results_row(record)) + "\n")
+
+    def rewrite_results(self) -> None:
+        """Regenerate results.tsv from the ledger (after a crash between the two writes)."""
+        header = self.header() or {}
+        lines = ["\t".join(results_header(header.get("metric", "metric")))]
+        lines += ["\t".join(results_row(r)) for r in self.experiments()]
+        tmp = self.results_path.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, self.results_path)
+
+    def results_agree(self) -> bool:
+        header = self.header() or {}
+        expected = ["\t".join(results_header(header.get("metric", "metric")))]
+        expected += ["\t".join(results_row(r)) for r in self.experiments()]
+        try:
+            actual = self.results_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return not self.experiments()
+        return actual == expected
+
+
+@dataclass
+class ChainReport:
+    ok: bool
+    records: int
+    problems: list[str]
+    first_bad: int | None = None  # 1-based line number
+
+
+def verify_chain(path: Path, verify_sig=None) -> ChainReport:
+    """Re-walk the chain: every line parses, links to the previous one, is signed by the run's key,
+    and experiment ids run 0, 1, 2, ... in order. Stops at the first bad record and names it."""
+    problems: list[str] = []
+    prev, n, public_key, next_id = GENESIS, 0, None, 0
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        return ChainReport(False, 0, [f"{path}: no ledger"], 1)
+    with fh:
+        for n, line in enumerate(fh, 1):
+            where = f"{path.name} line {n}"
+            if not line.endswith(b"\n"):
+                problems.append(f"{where}: torn (no newline at the end); the harness was killed mid-write")
+                return ChainReport(False, n, problems, n)
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                problems.append(f"{where}: not valid JSON")
+                return ChainReport(False, n, problems, n)
+            label = f"{where} (experiment {rec.get('id')})" if rec.get("kind") == "experiment" else where
+            if rec.get("prev") != prev:
+                problems.append(f"{label}: its 'prev' hash does not match the line before; a record was altered, removed or reordered")
+                return ChainReport(False, n, problems, n)
+            body = {k: v for k, v in rec.items() if k != "sig"}
+            try:
+                canon = canonical(body)
+            except ValueError:
+                problems.append(f"{label}: holds NaN or infinity, which no harness writes")
+                return ChainReport(False, n, problems, n)
+            if canonical(rec) + b"\n" != line:
+                problems.append(f"{label}: not in canonical form; it was edited by hand")
+                return ChainReport(False, n, problems, n)
+            if n == 1:
+                if rec.get("kind") != "start":
+                    problems.append(f"{label}: the first record is not the run's start record")
+                    return ChainReport(False, n, problems, n)
+                public_key = rec.get("public_key")
+            if public_key and verify_sig is not None:
+                sig = rec.get("sig")
+                if not sig or not verify_sig(public_key, canon, sig):
+                    problems.append(f"{label}: bad or missing signature; the record was altered after it was signed")
+                    return ChainReport(False, n, problems, n)
+            if rec.get("kind") == "experiment":
+                if rec.get("id") != next_id:
+                    problems.append(f"{label}: expected experiment {next_id}; records were removed or reordered")
+                    return ChainReport(False, n, problems, n)
+                next_id += 1
+            prev = line_hash(line)
+    return ChainReport(True, n, problems)

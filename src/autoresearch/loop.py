@@ -1,0 +1,646 @@
+"""The loop: propose -> apply -> run -> evaluate -> measure -> judge -> record -> keep or discard.
+
+`Session` owns one experiment folder's run: it opens or resumes it, recovers from a harness that
+was killed, measures the baseline, and executes experiments. `run_loop` drives proposers through it;
+`try_change` is the agent-driven mode, where a coding agent edits the checkout and the harness does
+everything else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import statistics
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import judge as judging
+from . import metrics as metric_io
+from .config import Config, load_config
+from .errors import ProposalInvalid, UserError
+from .ledger import Ledger
+from .progress import Progress
+from .proposers import Context, Proposal, Proposer, create
+from .runner import ProcessResult, experiment_env, group_alive, kill_group, run_process
+from .workspace import BRANCH_PREFIX, Candidate, Workspace, git, sha256_file
+
+MAX_RERUNS = 2  # confirmation / plausibility re-runs per experiment
+MAX_DUPLICATE_RETRIES = 3
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Stop(Exception):
+    """Ctrl-C reached the harness while an experiment ran; it has been recorded."""
+
+
+@dataclass
+class Measured:
+    outcome: judging.RunOutcome
+    info: dict[str, Any]
+    result: ProcessResult
+    metrics: dict[str, float]
+
+
+class Session:
+    """One experiment folder and its run (branch, worktree, ledger)."""
+
+    def __init__(self, root: Path, *, config: Config | None = None, progress: Progress | None = None):
+        self.ws = Workspace(root)
+        self.root = self.ws.root
+        self.config = config or load_config(self.root)
+        self.ledger = Ledger(self.ws.state, signer=None)
+        self.progress = progress or Progress(quiet=True)
+        self.tag: str | None = None
+        self._lock_fh = None
+
+    # ---- locking ---------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """One harness per experiment folder at a time."""
+        self.ws.state.mkdir(parents=True, exist_ok=True)
+        fh = open(self.ws.state / "lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UserError(f"{self.ws.state}: a harness is already running here ({holder}); wait for it or stop it first") from None
+        fh.truncate(0)
+        fh.write(f"pid {os.getpid()}\n")
+        fh.flush()
+        self._lock_fh = fh
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+            self._lock_fh = None
+
+    # ---- opening ---------------------------------------------------------------------------------
+    @property
+    def editable(self) -> list[str]:
+        return self.ws.expand(self.config.experiment.editable, self.ws.worktree if self.tag else None)
+
+    @property
+    def protected(self) -> list[str]:
+        if not self.config.experiment.protected:
+            return []
+        return self.ws.expand(self.config.experiment.protected, self.ws.worktree if self.tag else None, key="protected")
+
+    def open(self, tag: str | None = None, new: bool = False) -> str:
+        """Resume the run in this folder, or start one. Returns the tag."""
+        note = self.ledger.repair_torn_tail()
+        if note:
+            self.progress.warn(note)
+        if self.ledger.exists() and new:
+            self._archive()
+        if self.ledger.exists():
+            header = self.ledger.header()
+            if header is None:
+                raise UserError(f"{self.ledger.path}: no start record; the ledger is damaged (check it with `autoresearch verify {self.root}`)")
+            if tag and tag != header["tag"]:
+                raise UserError(f"{self.root} has a run with tag {header['tag']!r}; resume it without --tag, or start another with --new --tag {tag}")
+            self.tag = header["tag"]
+            self.ws.open_run(self.tag)
+            self.recover()
+            return self.tag
+        self.ws.check_clean(self.ws.expand(self.config.experiment.editable) + (
+            self.ws.expand(self.config.experiment.protected, key="protected") if self.config.experiment.protected else []))
+        self.tag, base = self.ws.create_run(tag)
+        self.ledger.append({
+            "kind": "start",
+            "version": 1,
+            "tag": self.tag,
+            "branch": BRANCH_PREFIX + self.tag,
+            "base_commit": base,
+            "experiment_dir": self.ws.rel,
+            "metric": self.config.metric.name,
+            "goal": self.config.metric.goal,
+            "config": self.config.model_dump(mode="json"),
+            "created": _now(),
+            "public_key": None,
+        })
+        return self.tag
+
+    def _archive(self) -> None:
+        old = self.ledger.header() or {}
+        dest = self.ws.state / "archive" / str(old.get("tag", "old"))
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("ledger.jsonl", "results.tsv", "runs", "pending.json", "progress.png", "report.html"):
+            if (self.ws.state / name).exists():
+                shutil.move(str(self.ws.state / name), str(dest / name))
+        self.ws.remove_worktree()
+        self.ledger = Ledger(self.ws.state, signer=self.ledger.signer)
+        self.progress.info(f"archived the previous run to {dest}")
+
+    @property
+    def _pending_path(self) -> Path:
+        return self.ws.state / "pending.json"
+
+    def recover(self, reset_checkout: Path | None = None) -> None:
+        """Bring disk, git and ledger back into agreement after a harness that died mid-experiment."""
+        assert self.tag
+        records = self.ledger.experiments()
+        if not self.ledger.results_agree():
+            self.ledger.rewrite_results()
+        pending = None
+        if self._pending_path.exists():
+            try:
+                pending = json.loads(self._pending_path.read_text())
+            except ValueError:
+                pending = None
+        if pending and pending.get("pgid") and group_alive(pending["pgid"]):
+            kill_group(pending["pgid"], grace=1.0)
+        if pending and pending.get("id") == len(records):
+            self.ledger.append({
+                "kind": "experiment",
+                "id": pending["id"],
+                "status": "interrupted",
+                "reason": "the harness stopped (killed or crashed) while this experiment ran",
+                "description": pending.get("description", ""),
+                "proposer": pending.get("proposer", ""),
+                "proposal": pending.get("proposal", {}),
+                "parent": pending.get("parent"),
+                "commit": pending.get("commit"),
+                "tree": pending.get("tree"),
+                "diff_sha256": pending.get("diff_sha256"),
+                "metric": None, "metrics": {}, "runs": [],
+                "best": self.best()[0], "delta": None,
+                "start": pending.get("start"), "end": _now(),
+            })
+            self.progress.warn(f"experiment {pending['id']} was interrupted by a harness stop; recorded as 'interrupted'")
+            records = self.ledger.experiments()
+        # A keep whose record landed but whose branch move did not: finish the move.
+        kept = [r for r in records if r["status"] in ("keep",)]
+        if kept:
+            last = kept[-1]
+            head = self.ws.branch_head(self.tag)
+            if head != last["commit"] and head == last["parent"]:
+                self.ws.keep(self.tag, last["commit"], last["parent"])
+        if pending is not None or reset_checkout is None:
+            self.ws.reset(reset_checkout or self.ws.worktree)
+        self._pending_path.unlink(missing_ok=True)
+
+    # ---- state -----------------------------------------------------------------------------------
+    def best(self) -> tuple[float | None, dict[str, Any] | None]:
+        best_rec = None
+        for rec in self.ledger.experiments():
+            if rec["status"] in ("baseline", "keep"):
+                best_rec = rec
+        return (best_rec["metric"] if best_rec else None), best_rec
+
+    def noise(self) -> float | None:
+        for rec in self.ledger.experiments():
+            if rec["status"] == "baseline":
+                return rec.get("noise")
+        return None
+
+    def has_baseline(self) -> bool:
+        return any(r["status"] == "baseline" for r in self.ledger.experiments())
+
+    # ---- running ---------------------------------------------------------------------------------
+    def run_setup(self) -> None:
+        cmd = self.config.experiment.setup.strip()
+        if not cmd:
+            return
+        self.progress.info(f"setup: {cmd}")
+        log = self.ws.state / "setup.log"
+        env = experiment_env(budget_s=int(self.config.experiment.budget), artifacts=self.ws.state / "setup-artifacts", run_id="setup", seed=0)
+        (self.ws.state / "setup-artifacts").mkdir(parents=True, exist_ok=True)
+        res = run_process(cmd, cwd=self.ws.exp_dir, env=env, timeout=max(self.config.experiment.timeout, 3600), log_path=log)
+        if res.interrupted:
+            raise KeyboardInterrupt
+        if not res.ok:
+            raise UserError(f"setup command {cmd!r} failed (exit {res.exit_code}); see {log} and fix it, then run again")
+
+    def _run_once(self, exp_id: int, k: int, run_dir: Path, checkout: Path, editable_hashes: dict, protected_hashes: dict) -> Measured:
+        exp = self.config.experiment
+        suffix = "" if k == 0 else f"-{k + 1}"
+        artifacts = run_dir / f"artifacts{suffix}"
+        if artifacts.exists():
+            shutil.rmtree(artifacts)
+        artifacts.mkdir(parents=True)
+        env = experiment_env(budget_s=int(exp.budget) if exp.budget == int(exp.budget) else exp.budget,
+                             artifacts=artifacts, run_id=f"{exp_id}{suffix}", seed=k)
+        cwd = self.ws.in_tree(checkout)
+
+        def note_pgid(pgid: int) -> None:
+            self._update_pending(pgid=pgid)
+
+        res = run_process(exp.run, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"run{suffix}.log",
+                          max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid)
+        run_metrics = metric_io.collect(res.output, artifacts)
+        step, final, eval_metrics = "run", res, None
+        if exp.evaluate.strip() and res.ok:
+            eres = run_process(exp.evaluate, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"evaluate{suffix}.log",
+                               max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid)
+            eval_metrics = metric_io.parse_text(eres.output)
+            step, final = "evaluate", eres
+        metrics = eval_metrics if eval_metrics is not None else run_metrics
+        primary = None if (exp.evaluate.strip() and eval_metrics is None) else metrics.get(self.config.metric.name)
+        problem = self._guard(checkout, editable_hashes, protected_hashes)
+        over = res.ok and res.wall_s > exp.budget * (1 + exp.budget_grace) + 30
+        outcome = judging.RunOutcome(
+            metric=primary,
+            exit_code=final.exit_code,
+            timed_out=final.timed_out,
+            failed_step=step if final is not res or not res.ok else "run",
+            last_line=(final.tail(1) if not final.ok else ""),
+            over_budget=over,
+            problem=problem,
+        )
+        if not res.ok:
+            outcome.failed_step, outcome.exit_code, outcome.timed_out = "run", res.exit_code, res.timed_out
+            outcome.last_line = res.tail(1)
+        vram = metrics.get("peak_vram_mb", run_metrics.get("peak_vram_mb"))
+        info = {
+            "seed": k,
+            "exit_code": res.exit_code,
+            "evaluate_exit_code": final.exit_code if final is not res else None,
+            "wall_s": round(res.wall_s, 3),
+            "evaluate_wall_s": round(final.wall_s, 3) if final is not res else None,
+            "peak_rss_mb": round(max(res.peak_rss_mb, final.peak_rss_mb), 1),
+            "peak_vram_mb": vram,
+            "timed_out": res.timed_out or final.timed_out,
+            "metrics": metric_io.jsonable(metrics),
+            "log_sha256": sha256_file(res.log_path),
+            "output_bytes": res.output_bytes,
+        }
+        if eval_metrics is not None:
+            info["run_metrics"] = metric_io.jsonable(run_metrics)  # recorded, never counted
+        if res.interrupted or final.interrupted:
+            info["interrupted"] = True
+        return Measured(outcome, info, final if not res.ok or final is not res else res, metrics)
+
+    def _guard(self, checkout: Path, editable_hashes: dict, protected_hashes: dict) -> str:
+        """What the experiment may not do to its checkout: change protected files, change the code
+        that was committed, move HEAD, or break the repository."""
+        now_protected = self.ws.hash_files(list(protected_hashes), checkout)
+        changed = [p for p, h in protected_hashes.items() if now_protected.get(p) != h]
+        if changed:
+            return f"protected file {', '.join(changed)} was changed during the experiment"
+        now_editable = self.ws.hash_files(list(editable_hashes), checkout)
+        changed = [p for p, h in editable_hashes.items() if now_editable.get(p) != h]
+        if changed:
+            return f"{', '.join(changed)} changed while the experiment ran; the code that ran is not the commit"
+        head = git("rev-parse", "HEAD", cwd=checkout, check=False).strip()
+        if head != self._expected_head:
+            return "the experiment moved HEAD or damaged the repository of its checkout"
+        return ""
+
+    def _update_pending(self, **fields: Any) -> None:
+        data = {}
+        if self._pending_path.exists():
+            try:
+                data = json.loads(self._pending_path.read_text())
+            except ValueError:
+                pass
+        data.update(fields)
+        tmp = self._pending_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._pending_path)
+
+    def execute(self, candidate: Candidate, *, description: str, proposer: str, proposal: dict[str, Any],
+                checkout: Path | None = None, baseline: bool = False) -> dict[str, Any]:
+        """Run, judge and record one experiment whose code is committed as `candidate` and checked out."""
+        assert self.tag
+        checkout = checkout or self.ws.worktree
+        exp_id = len(self.ledger.experiments())
+        run_dir = self.ws.state / "runs" / str(exp_id)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # left by an interrupted attempt with the same id
+        run_dir.mkdir(parents=True)
+        (run_dir / "diff.patch").write_text(candidate.diff, encoding="utf-8")
+        start = _now()
+        self._update_pending(id=exp_id, parent=candidate.parent, commit=candidate.commit, tree=candidate.tree,
+                             diff_sha256=candidate.diff_sha256, description=description, proposer=proposer,
+                             proposal=proposal, start=start, pgid=None)
+        self._expected_head = candidate.parent
+        editable_hashes = self.ws.hash_files(self.editable, checkout)
+        protected_hashes = self.ws.hash_files(self.protected, checkout)
+        best, _ = self.best()
+        noise = self.noise()
+        runs: list[Measured] = []
+        n_first = self.config.judge.baseline_runs if baseline else 1
+        verdict: judging.Verdict | None = None
+        interrupted = False
+        while True:
+            todo = n_first if not runs else 1
+            for _ in range(todo):
+                m = self._run_once(exp_id, len(runs), run_dir, checkout, editable_hashes, protected_hashes)
+                runs.append(m)
+                self.progress.run_done(exp_id, len(runs), m)
+                if m.info.get("interrupted"):
+                    interrupted = True
+                    break
+                if judging.failure(m.outcome, self.config.metric.name):
+                    break
+            if interrupted:
+                break
+            verdict = judging.decide([m.outcome for m in runs], metric_name=self.config.metric.name,
+                                     maximize=self.config.maximize, judge=self.config.judge,
+                                     best=best, noise=noise, baseline=baseline)
+            if verdict.status == "rerun" and len(runs) <= MAX_RERUNS:
+                self.progress.info(f"experiment {exp_id}: {verdict.reason}")
+                continue
+            if verdict.status == "rerun":
+                verdict = judging.Verdict("discard", verdict.reason + "; no re-run budget left", verdict.metric)
+            break
+        if interrupted:
+            verdict = judging.Verdict("interrupted", "stopped by Ctrl-C; the experiment's processes were killed")
+        assert verdict is not None
+        values = [m.outcome.metric for m in runs if m.outcome.metric is not None]
+        metric = verdict.metric if verdict.status in ("baseline", "keep", "discard", "suspicious") else None
+        if verdict.status in ("keep", "baseline"):
+            new_best = metric
+        else:
+            new_best = best
+        first = runs[0] if runs else None
+        vram = first.info.get("peak_vram_mb") if first else None
+        rss = max((m.info["peak_rss_mb"] for m in runs), default=0.0)
+        memory_gb = (vram / 1024) if isinstance(vram, (int, float)) else rss / 1024
+        record: dict[str, Any] = {
+            "kind": "experiment",
+            "id": exp_id,
+            "status": verdict.status,
+            "reason": verdict.reason,
+            "flags": list(verdict.flags),
+            "description": description,
+            "proposer": proposer,
+            "proposal": proposal,
+            "parent": candidate.parent,
+            "commit": candidate.commit,
+            "tree": candidate.tree,
+            "diff_sha256": candidate.diff_sha256,
+            "changed": candidate.changed,
+            "metric": metric,
+            "metrics": first.info["metrics"] if first else {},
+            "runs": [m.info for m in runs],
+            "best": new_best,
+            "delta": (metric - best) if (metric is not None and best is not None and not baseline) else None,
+            "memory_gb": round(memory_gb, 3),
+            "command": self.config.experiment.run,
+            "evaluate": self.config.experiment.evaluate,
+            "budget_s": self.config.experiment.budget,
+            "protected": protected_hashes,
+            "start": start,
+            "end": _now(),
+        }
+        if baseline:
+            record["noise"] = judging.noise_of(values) if verdict.status == "baseline" else None
+        if verdict.status not in ("baseline", "keep", "discard") and runs:
+            record["log_tail"] = runs[-1].result.tail()
+        record = self.ledger.append(record)
+        # The record is on disk; only now does the branch move.
+        if verdict.status == "keep":
+            self.ws.keep(self.tag, candidate.commit, candidate.parent, checkout)
+        self._pending_path.unlink(missing_ok=True)
+        self.progress.experiment_done(record, self)
+        if interrupted:
+            raise Stop()
+        return record
+
+    def record_invalid(self, reason: str, *, description: str, proposer: str, proposal: dict[str, Any], status: str = "invalid") -> dict[str, Any]:
+        """A proposal that never ran: it could not be applied, or it changed what it may not."""
+        best, _ = self.best()
+        parent = self.ws.branch_head(self.tag)  # type: ignore[arg-type]
+        record = self.ledger.append({
+            "kind": "experiment", "id": len(self.ledger.experiments()), "status": status, "reason": reason,
+            "flags": [], "description": description, "proposer": proposer, "proposal": proposal,
+            "parent": parent, "commit": None, "tree": None, "diff_sha256": None, "changed": [],
+            "metric": None, "metrics": {}, "runs": [], "best": best, "delta": None, "memory_gb": 0.0,
+            "command": self.config.experiment.run, "start": _now(), "end": _now(),
+        })
+        self.progress.experiment_done(record, self)
+        return record
+
+    def measure_baseline(self) -> dict[str, Any]:
+        self.ws.reset()
+        self.run_setup()
+        head = self.ws.head()
+        candidate = Candidate(head, head, self.ws.tree_of(head), "", judging_empty_sha(), [])
+        rec = self.execute(candidate, description="baseline", proposer="baseline", proposal={}, baseline=True)
+        if rec["status"] != "baseline":
+            raise UserError(
+                f"the baseline failed ({rec['status']}: {rec['reason']}); see {self.ws.state / 'runs' / str(rec['id'])} "
+                "and fix the experiment, then run again"
+            )
+        return rec
+
+    def tried_trees(self) -> dict[str, int]:
+        return {r["tree"]: r["id"] for r in self.ledger.experiments() if r.get("tree") and r["status"] != "interrupted"}
+
+
+def judging_empty_sha() -> str:
+    import hashlib
+
+    return hashlib.sha256(b"").hexdigest()
+
+
+def _context(session: Session, feedback: str = "") -> Context:
+    exp_id = len(session.ledger.experiments())
+    run_dir = session.ws.state / "runs" / str(exp_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best, best_rec = session.best()
+    return Context(
+        config=session.config,
+        root=session.root,
+        worktree=session.ws.exp_dir,
+        files=session.ws.read_files(session.editable),
+        history=session.ledger.experiments(),
+        best=best_rec,
+        noise=session.noise(),
+        run_dir=run_dir,
+        experiment_id=exp_id,
+        feedback=feedback,
+    )
+
+
+def step(session: Session, proposer: Proposer) -> dict[str, Any]:
+    """One experiment driven by a proposer."""
+    feedback = ""
+    for attempt in range(MAX_DUPLICATE_RETRIES + 1):
+        ctx = _context(session, feedback)
+        try:
+            proposal: Proposal = proposer.propose(ctx)
+        except ProposalInvalid as err:
+            session.ws.reset()
+            rec = session.record_invalid(str(err), description="(no valid proposal)", proposer=proposer.name, proposal={})
+            proposer.observe(rec)
+            return rec
+        try:
+            session.ws.reset()
+            changed = session.ws.write_edits(proposal.edits, session.config.experiment.editable)
+            candidate = session.ws.commit_candidate(proposal.description, changed)
+        except ProposalInvalid as err:
+            session.ws.reset()
+            rec = session.record_invalid(str(err), description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
+            proposer.observe(rec)
+            return rec
+        seen = session.tried_trees().get(candidate.tree)
+        if seen is None:
+            break
+        session.ws.reset()
+        feedback = (f"The proposal '{proposal.description}' produces code identical to experiment {seen}, which already ran. "
+                    "Propose a different change.")
+        session.progress.info(f"proposal identical to experiment {seen}; asking for another")
+    else:
+        rec = session.record_invalid(f"duplicate: identical to experiment {seen}, {MAX_DUPLICATE_RETRIES + 1} times",
+                                     description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
+        proposer.observe(rec)
+        return rec
+    try:
+        rec = session.execute(candidate, description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
+    finally:
+        session.ws.reset()
+    proposer.observe(rec)
+    return rec
+
+
+@dataclass
+class LoopSummary:
+    tag: str
+    experiments: int
+    kept: int
+    best: float | None
+    baseline: float | None
+    stopped_by: str
+
+
+def run_loop(
+    root: Path,
+    *,
+    max_experiments: int | None = None,
+    max_time: float | None = None,
+    max_cost: float | None = None,
+    proposer: str | None = None,
+    tag: str | None = None,
+    new: bool = False,
+    progress: Progress | None = None,
+) -> LoopSummary:
+    """Run (or resume) the loop in ROOT until a stop condition, Ctrl-C, or forever."""
+    session = Session(root, progress=progress)
+    if proposer:
+        session.config.proposer.kind = proposer  # type: ignore[assignment]
+    started = time.monotonic()
+    done = kept = 0
+    stopped_by = "max-experiments"
+    with session.locked():
+        session.open(tag=tag, new=new)
+        session.progress.start(session, max_experiments=max_experiments, max_time=max_time)
+        try:
+            if not session.has_baseline():
+                session.measure_baseline()
+            prop = create(session.config, session.ledger.experiments())
+            try:
+                while True:
+                    if max_experiments is not None and done >= max_experiments:
+                        stopped_by = "max-experiments"
+                        break
+                    if max_time is not None and time.monotonic() - started >= max_time:
+                        stopped_by = "max-time"
+                        break
+                    if max_cost is not None and total_cost(session.ledger.experiments()) >= max_cost:
+                        stopped_by = "max-cost"
+                        break
+                    session.progress.deadline(started, max_time, done, max_experiments)
+                    rec = step(session, prop)
+                    done += 1
+                    kept += rec["status"] == "keep"
+            finally:
+                prop.close()
+        except (Stop, KeyboardInterrupt):
+            stopped_by = "interrupted"
+            session.ws.reset()
+            session._pending_path.unlink(missing_ok=True)
+    best, _ = session.best()
+    base = next((r["metric"] for r in session.ledger.experiments() if r["status"] == "baseline"), None)
+    summary = LoopSummary(session.tag or "", done, kept, best, base, stopped_by)
+    session.progress.finish(summary)
+    return summary
+
+
+def total_cost(records: list[dict[str, Any]]) -> float:
+    return sum(float((r.get("proposal") or {}).get("cost_usd") or 0.0) for r in records)
+
+
+def find_session_for_checkout(path: Path) -> tuple[Session, Path]:
+    """From inside a checkout of a run branch, find the experiment folder that owns the run."""
+    path = Path(path).resolve()
+    top = git("rev-parse", "--show-toplevel", cwd=path, check=False).strip()
+    if not top:
+        raise UserError(f"{path} is not inside a git checkout; cd into the run's worktree (.autoresearch/worktree)")
+    top_p = Path(top)
+    common = Path(git("rev-parse", "--git-common-dir", cwd=path).strip())
+    if not common.is_absolute():
+        common = (path / common).resolve()
+    main_repo = common.parent
+    rel = path.relative_to(top_p)
+    # The experiment folder is the nearest folder at or above `path` that holds autoresearch.toml.
+    for candidate_rel in [rel, *rel.parents]:
+        if (top_p / candidate_rel / "autoresearch.toml").is_file():
+            root = main_repo / candidate_rel
+            break
+    else:
+        raise UserError(f"no autoresearch.toml at or above {path}; run `autoresearch try` inside the run's worktree")
+    session = Session(root)
+    return session, top_p
+
+
+def try_change(path: Path, description: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Agent-driven mode: commit the checkout's uncommitted change to editable files, run, judge,
+    record, and keep or reset. The agent never reports a number; the harness measures it."""
+    session, checkout = find_session_for_checkout(path)
+    if progress is not None:
+        session.progress = progress
+    if not description.strip():
+        raise UserError("give a description of the change with -m \"what you tried\"")
+    with session.locked():
+        if not session.ledger.exists():
+            raise UserError(f"no run in {session.root}; start one and measure the baseline with `autoresearch run {session.root} --max-experiments 0`")
+        header = session.ledger.header() or {}
+        session.tag = header.get("tag")
+        branch = git("rev-parse", "--abbrev-ref", "HEAD", cwd=checkout).strip()
+        if branch != f"{BRANCH_PREFIX}{session.tag}":
+            raise UserError(
+                f"{checkout} is on {branch!r}, not the run branch {BRANCH_PREFIX}{session.tag}; "
+                f"work in {session.ws.worktree} (cd there and edit the editable files)"
+            )
+        session.recover(reset_checkout=checkout)
+        if not session.has_baseline():
+            raise UserError(f"no baseline yet; measure it with `autoresearch run {session.root} --max-experiments 0`")
+        editable_patterns = session.config.experiment.editable
+        changed = session.ws.changed_files(checkout)
+        from .workspace import matches
+
+        outside = [p for p in changed if not matches(p, editable_patterns)]
+        inside = [p for p in changed if matches(p, editable_patterns)]
+        if outside:
+            session.ws.restore(outside, checkout)
+            rec = session.record_invalid(
+                f"changed files outside editable: {', '.join(outside)} (reverted)",
+                description=description, proposer="try", proposal={"violations": outside}, status="rejected")
+            return rec
+        if not inside:
+            raise UserError(f"no change to the editable files ({', '.join(editable_patterns)}) in {checkout}; edit them first")
+        candidate = session.ws.commit_candidate(description, inside, checkout)
+        seen = session.tried_trees().get(candidate.tree)
+        if seen is not None:
+            raise UserError(f"this exact code already ran as experiment {seen}; try something different")
+        try:
+            rec = session.execute(candidate, description=description, proposer="try", proposal={}, checkout=checkout)
+        finally:
+            if session.ws.head(checkout) != session.ws.branch_head(session.tag or ""):
+                git("reset", "-q", "--hard", session.ws.branch_head(session.tag or ""), cwd=checkout)
+            session.ws.restore(inside, checkout)
+        return rec

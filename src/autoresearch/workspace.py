@@ -1,0 +1,298 @@
+"""Git: the run branch, its worktree, applying proposals, candidate commits, keep and discard.
+
+No other part of autoresearch touches git. The run's branch `autoresearch/<tag>` is checked out in a
+worktree under `.autoresearch/worktree`, so the user's own checkout is never modified. A candidate is
+committed with plumbing (`commit-tree`) so the branch itself moves only at `keep`, after the ledger
+record is on disk.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path, PurePosixPath
+
+from .errors import ProposalInvalid, UserError
+
+STATE_DIR = ".autoresearch"
+BRANCH_PREFIX = "autoresearch/"
+_AUTHOR_ENV = {
+    "GIT_AUTHOR_NAME": "autoresearch",
+    "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
+    "GIT_COMMITTER_NAME": "autoresearch",
+    "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
+}
+MAX_EDIT_BYTES = 5 * 1024 * 1024  # a proposal that writes more into one file is refused
+
+
+class GitError(UserError):
+    pass
+
+
+def git(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True, input: str | None = None) -> str:
+    full_env = None
+    if env:
+        full_env = {**os.environ, **env}
+    proc = subprocess.run(
+        ["git", *args], cwd=cwd, env=full_env, capture_output=True, text=True, input=input
+    )
+    if check and proc.returncode != 0:
+        raise GitError(f"git {' '.join(args)} failed in {cwd}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+@dataclass
+class Candidate:
+    parent: str
+    commit: str
+    tree: str
+    diff: str
+    diff_sha256: str
+    changed: list[str]
+
+
+def sha256_file(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def default_tag(existing: set[str]) -> str:
+    base = date.today().strftime("%b%d").lower()
+    tag, n = base, 2
+    while tag in existing:
+        tag, n = f"{base}-{n}", n + 1
+    return tag
+
+
+def normalize_relpath(path: str) -> str:
+    """A proposal's path as a clean relative posix path, or ProposalInvalid."""
+    if not path or "\x00" in path:
+        raise ProposalInvalid(f"empty or invalid path {path!r}")
+    p = PurePosixPath(path.replace("\\", "/"))
+    if p.is_absolute():
+        raise ProposalInvalid(f"absolute path {path!r}; edits must name files relative to the experiment folder")
+    parts = [part for part in p.parts if part not in ("", ".")]
+    if ".." in parts:
+        raise ProposalInvalid(f"path {path!r} leaves the experiment folder ('..')")
+    return "/".join(parts)
+
+
+def matches(path: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(path, pat) or path == pat.rstrip("/") for pat in patterns)
+
+
+class Workspace:
+    """The experiment folder, its git repository, and the run's worktree."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        if not self.root.is_dir():
+            raise UserError(f"{self.root} is not a folder; create it with `autoresearch init {root}`")
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=self.root, capture_output=True, text=True)
+        if top.returncode != 0:
+            raise UserError(f"{self.root} is not inside a git repository; run `git init` there and commit your files, or use `autoresearch init`")
+        self.repo = Path(top.stdout.strip()).resolve()
+        self.rel = self.root.relative_to(self.repo).as_posix()  # "." when the experiment is the repo root
+        self.state = self.root / STATE_DIR
+        self.worktree = self.state / "worktree"
+
+    # ---- paths -------------------------------------------------------------------------------
+    def in_tree(self, checkout: Path, rel: str = "") -> Path:
+        """The experiment folder (or a file in it) inside a checkout of the repository."""
+        base = checkout if self.rel == "." else checkout / self.rel
+        return base / rel if rel else base
+
+    @property
+    def exp_dir(self) -> Path:
+        return self.in_tree(self.worktree)
+
+    def _repo_path(self, rel: str) -> str:
+        return rel if self.rel == "." else f"{self.rel}/{rel}"
+
+    def expand(self, patterns: list[str], checkout: Path | None = None, *, key: str = "editable") -> list[str]:
+        """Files (relative to the experiment folder) tracked in git that match the patterns."""
+        base = self.in_tree(checkout or self.root)
+        tracked = git("ls-files", "-z", cwd=base).split("\0")
+        files = sorted({t for t in tracked if t and matches(t, patterns)})
+        for pat in patterns:
+            if not any(matches(f, [pat]) for f in files):
+                raise UserError(
+                    f"{self.root / 'autoresearch.toml'}: experiment.{key} entry {pat!r} matches no file committed in git; "
+                    "fix the pattern or `git add` and commit the file"
+                )
+        return files
+
+    # ---- run set-up ----------------------------------------------------------------------------
+    def ensure_ignored(self) -> None:
+        """`.autoresearch/` must never be committed; use info/exclude so the user's files stay untouched."""
+        common = Path(git("rev-parse", "--git-common-dir", cwd=self.root).strip())
+        if not common.is_absolute():
+            common = (self.root / common).resolve()
+        exclude = common / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        line = f"/{self._repo_path(STATE_DIR)}/" if self.rel != "." else f"/{STATE_DIR}/"
+        text = exclude.read_text() if exclude.exists() else ""
+        if line not in text.splitlines():
+            exclude.write_text(text + ("" if text.endswith("\n") or not text else "\n") + line + "\n")
+
+    def check_clean(self, paths: list[str]) -> None:
+        if not paths:
+            return
+        out = git("status", "--porcelain", "--", *paths, cwd=self.root)
+        dirty = [line[3:] for line in out.splitlines() if line.strip()]
+        if dirty:
+            raise UserError(
+                f"{self.root}: uncommitted changes to {', '.join(dirty)}; commit them (`git commit -am ...`) "
+                "or stash them before starting a run"
+            )
+
+    def branches(self) -> set[str]:
+        out = git("for-each-ref", "--format=%(refname:short)", f"refs/heads/{BRANCH_PREFIX}", cwd=self.root)
+        return {line.removeprefix(BRANCH_PREFIX) for line in out.splitlines() if line}
+
+    def create_run(self, tag: str | None) -> tuple[str, str]:
+        """Make the run branch at HEAD and its worktree. Returns (tag, base commit)."""
+        if not git("rev-parse", "--verify", "-q", "HEAD", cwd=self.root, check=False).strip():
+            raise UserError(f"{self.root}: the repository has no commits; commit your experiment files first")
+        existing = self.branches()
+        if tag is None:
+            tag = default_tag(existing)
+        elif tag in existing:
+            raise UserError(f"branch {BRANCH_PREFIX}{tag} already exists; pick another --tag")
+        base = git("rev-parse", "HEAD", cwd=self.root).strip()
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.ensure_ignored()
+        if self.worktree.exists():
+            self.remove_worktree()
+        git("worktree", "add", "-q", "-b", f"{BRANCH_PREFIX}{tag}", str(self.worktree), base, cwd=self.root)
+        return tag, base
+
+    def open_run(self, tag: str) -> None:
+        """Make sure the worktree exists and sits on the run branch (it may have been deleted)."""
+        branch = f"{BRANCH_PREFIX}{tag}"
+        if not git("rev-parse", "--verify", "-q", f"refs/heads/{branch}", cwd=self.root, check=False).strip():
+            raise UserError(f"{self.state}: the run branch {branch} is gone; start a new run with `autoresearch run {self.root} --new`")
+        ok = (self.worktree / ".git").exists() and git(
+            "rev-parse", "--abbrev-ref", "HEAD", cwd=self.worktree, check=False
+        ).strip() == branch
+        if not ok:
+            self.remove_worktree()
+            git("worktree", "add", "-q", str(self.worktree), branch, cwd=self.root)
+
+    def remove_worktree(self) -> None:
+        git("worktree", "remove", "--force", str(self.worktree), cwd=self.root, check=False)
+        if self.worktree.exists():
+            import shutil
+
+            shutil.rmtree(self.worktree, ignore_errors=True)
+        git("worktree", "prune", cwd=self.root, check=False)
+
+    # ---- state of a checkout -------------------------------------------------------------------
+    def head(self, checkout: Path | None = None) -> str:
+        return git("rev-parse", "HEAD", cwd=checkout or self.worktree).strip()
+
+    def branch_head(self, tag: str) -> str:
+        return git("rev-parse", f"refs/heads/{BRANCH_PREFIX}{tag}", cwd=self.root).strip()
+
+    def tree_of(self, commit: str) -> str:
+        return git("rev-parse", f"{commit}^{{tree}}", cwd=self.root).strip()
+
+    def read_files(self, rels: list[str], checkout: Path | None = None) -> dict[str, str]:
+        out = {}
+        for rel in rels:
+            path = self.in_tree(checkout or self.worktree, rel)
+            out[rel] = path.read_text(encoding="utf-8", errors="replace")
+        return out
+
+    def hash_files(self, rels: list[str], checkout: Path | None = None) -> dict[str, str | None]:
+        return {rel: sha256_file(self.in_tree(checkout or self.worktree, rel)) for rel in rels}
+
+    def changed_files(self, checkout: Path) -> list[str]:
+        """Paths (relative to the experiment folder) that differ from HEAD in a checkout, untracked included."""
+        out = git("status", "--porcelain", "-z", "--untracked-files=all", "--", ".", cwd=self.in_tree(checkout))
+        paths = []
+        entries = out.split("\0")
+        i = 0
+        while i < len(entries):
+            entry = entries[i]
+            i += 1
+            if not entry:
+                continue
+            status, path = entry[:2], entry[3:]
+            if status[0] in "RC":  # a rename carries the old path next
+                i += 1
+            paths.append(self._exp_relative(path))
+        return paths
+
+    def _exp_relative(self, repo_path: str) -> str:
+        if self.rel == ".":
+            return repo_path
+        return repo_path.removeprefix(self.rel + "/")
+
+    # ---- proposals -----------------------------------------------------------------------------
+    def write_edits(self, edits: dict[str, str], editable: list[str], checkout: Path | None = None) -> list[str]:
+        """Write a proposal into the checkout after checking its scope. Returns the files changed."""
+        checkout = checkout or self.worktree
+        base = self.in_tree(checkout).resolve()
+        changed = []
+        for raw_path, text in edits.items():
+            rel = normalize_relpath(raw_path)
+            if not matches(rel, editable):
+                raise ProposalInvalid(f"{rel} is not editable (editable: {', '.join(editable)})")
+            if len(text.encode("utf-8", errors="replace")) > MAX_EDIT_BYTES:
+                raise ProposalInvalid(f"{rel}: the new text is over {MAX_EDIT_BYTES // 1024 // 1024} MB")
+            path = base / rel
+            if path.is_symlink() or not path.resolve().is_relative_to(base):
+                raise ProposalInvalid(f"{rel} is a symlink or leaves the experiment folder")
+            old = path.read_text(encoding="utf-8", errors="replace") if path.exists() else None
+            if old != text:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+                changed.append(rel)
+        return changed
+
+    def commit_candidate(self, message: str, paths: list[str], checkout: Path | None = None) -> Candidate:
+        """Commit the checkout's current editable files as a child of HEAD without moving any branch."""
+        checkout = checkout or self.worktree
+        parent = self.head(checkout)
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**_AUTHOR_ENV, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            git("read-tree", parent, cwd=checkout, env=env)
+            repo_paths = [self._repo_path(p) for p in paths]
+            if repo_paths:
+                git("add", "-A", "--", *repo_paths, cwd=checkout, env=env)
+            tree = git("write-tree", cwd=checkout, env=env).strip()
+        commit = git("commit-tree", tree, "-p", parent, "-m", message or "(no description)", cwd=checkout, env=_AUTHOR_ENV).strip()
+        diff = git("diff", "--binary", parent, commit, cwd=checkout)
+        return Candidate(parent, commit, tree, diff, hashlib.sha256(diff.encode()).hexdigest(), paths)
+
+    def keep(self, tag: str, commit: str, parent: str, checkout: Path | None = None) -> None:
+        """Advance the run branch to `commit` (only if it still points at `parent`) and sync the index."""
+        git("update-ref", f"refs/heads/{BRANCH_PREFIX}{tag}", commit, parent, cwd=self.root)
+        git("reset", "-q", "--hard", commit, cwd=checkout or self.worktree)
+
+    def reset(self, checkout: Path | None = None, clean: bool = True) -> None:
+        """Back to the branch head: tracked files restored, untracked non-ignored files removed."""
+        checkout = checkout or self.worktree
+        git("reset", "-q", "--hard", "HEAD", cwd=checkout)
+        if clean:
+            git("clean", "-fdq", "--", ".", cwd=self.in_tree(checkout))
+
+    def restore(self, rels: list[str], checkout: Path) -> None:
+        """Undo changes to some files only (agent-driven mode leaves the agent's other files alone)."""
+        for rel in rels:
+            repo_path = self._repo_path(rel)
+            tracked = git("ls-files", "--", repo_path, cwd=checkout).strip()
+            if tracked:
+                git("checkout", "-q", "HEAD", "--", repo_path, cwd=checkout)
+            else:
+                p = self.in_tree(checkout, rel)
+                if p.is_file() or p.is_symlink():
+                    p.unlink()

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .signing import canonical_json as canonical
+
 LEDGER_NAME = "ledger.jsonl"
 RESULTS_NAME = "results.tsv"
 GENESIS = "0" * 64
@@ -25,11 +27,6 @@ class SignerLike(Protocol):
     public_key: str
 
     def sign(self, data: bytes) -> str: ...
-
-
-def canonical(record: dict[str, Any]) -> bytes:
-    """Sorted keys, no whitespace, UTF-8; NaN and infinities are refused (store them as strings)."""
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def line_hash(line: bytes) -> str:

@@ -14,6 +14,7 @@ import os
 import shutil
 import statistics
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,9 +25,11 @@ from . import judge as judging
 from . import metrics as metric_io
 from .config import Config, load_config
 from .errors import ProposalInvalid, UserError
+from .hostinfo import host_info
 from .ledger import Ledger
 from .progress import Progress
 from .proposers import Context, Proposal, Proposer, create
+from .signing import Signer, key_dir
 from .runner import ProcessResult, experiment_env, group_alive, kill_group, run_process
 from .workspace import BRANCH_PREFIX, Candidate, Workspace, git, sha256_file
 
@@ -57,7 +60,7 @@ class Session:
         self.ws = Workspace(root)
         self.root = self.ws.root
         self.config = config or load_config(self.root)
-        self.ledger = Ledger(self.ws.state, signer=None)
+        self.ledger = Ledger(self.ws.state)
         self.progress = progress or Progress(quiet=True)
         self.tag: str | None = None
         self._lock_fh = None
@@ -111,12 +114,15 @@ class Session:
             if tag and tag != header["tag"]:
                 raise UserError(f"{self.root} has a run with tag {header['tag']!r}; resume it without --tag, or start another with --new --tag {tag}")
             self.tag = header["tag"]
+            self.ledger.signer = self._load_signer(header)
             self.ws.open_run(self.tag)
             self.recover()
             return self.tag
         self.ws.check_clean(self.ws.expand(self.config.experiment.editable) + (
             self.ws.expand(self.config.experiment.protected, key="protected") if self.config.experiment.protected else []))
         self.tag, base = self.ws.create_run(tag)
+        key_id = f"{self.tag}-{uuid.uuid4().hex[:12]}"
+        self.ledger.signer = Signer.load_or_create(key_id)
         self.ledger.append({
             "kind": "start",
             "version": 1,
@@ -128,9 +134,20 @@ class Session:
             "goal": self.config.metric.goal,
             "config": self.config.model_dump(mode="json"),
             "created": _now(),
-            "public_key": None,
+            "key_id": key_id,
+            "public_key": self.ledger.signer.public_key,
+            "host": host_info(),
         })
         return self.tag
+
+    def _load_signer(self, header: dict[str, Any]) -> Signer:
+        key_id = header.get("key_id", "")
+        if not (key_dir() / f"{key_id}.key").exists():
+            raise UserError(
+                f"the run's private key {key_dir() / f'{key_id}.key'} is missing, so new records could not be signed; "
+                f"start a new run with `autoresearch run {self.root} --new` (the old one is archived)"
+            )
+        return Signer.load_or_create(key_id)
 
     def _archive(self) -> None:
         old = self.ledger.header() or {}
@@ -162,6 +179,10 @@ class Session:
         if pending and pending.get("pgid") and group_alive(pending["pgid"]):
             kill_group(pending["pgid"], grace=1.0)
         if pending and pending.get("id") == len(records):
+            patch = self.ws.state / "runs" / str(pending["id"]) / "diff.patch"
+            if pending.get("commit") and pending.get("parent") and not patch.exists():
+                patch.parent.mkdir(parents=True, exist_ok=True)
+                patch.write_text(self.ws.diff(pending["parent"], pending["commit"]), encoding="utf-8")
             self.ledger.append({
                 "kind": "experiment",
                 "id": pending["id"],
@@ -393,6 +414,8 @@ class Session:
             "evaluate": self.config.experiment.evaluate,
             "budget_s": self.config.experiment.budget,
             "protected": protected_hashes,
+            "seeds": [m.info["seed"] for m in runs],
+            "host": host_info(),
             "start": start,
             "end": _now(),
         }
@@ -531,7 +554,7 @@ def run_loop(
     """Run (or resume) the loop in ROOT until a stop condition, Ctrl-C, or forever."""
     session = Session(root, progress=progress)
     if proposer:
-        session.config.proposer.kind = proposer  # type: ignore[assignment]
+        session.config.proposer = session.config.proposer.model_copy(update={"kind": proposer})
     started = time.monotonic()
     done = kept = 0
     stopped_by = "max-experiments"

@@ -270,8 +270,11 @@ class Workspace:
                 git("add", "-A", "--", *repo_paths, cwd=checkout, env=env)
             tree = git("write-tree", cwd=checkout, env=env).strip()
         commit = git("commit-tree", tree, "-p", parent, "-m", message or "(no description)", cwd=checkout, env=_AUTHOR_ENV).strip()
-        diff = git("diff", "--binary", parent, commit, cwd=checkout)
+        diff = self.diff(parent, commit)
         return Candidate(parent, commit, tree, diff, hashlib.sha256(diff.encode()).hexdigest(), paths)
+
+    def diff(self, parent: str, commit: str) -> str:
+        return git("diff", "--binary", parent, commit, cwd=self.root)
 
     def keep(self, tag: str, commit: str, parent: str, checkout: Path | None = None) -> None:
         """Advance the run branch to `commit` (only if it still points at `parent`) and sync the index."""

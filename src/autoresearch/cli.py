@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from .config import parse_duration
 from .errors import UserError
 
 EXIT_CHECK_FAILED = 1
@@ -31,6 +30,8 @@ class _Group(click.Group):
 def _duration(ctx, param, value):
     if value is None:
         return None
+    from .config import parse_duration  # pydantic is slow to import; `log` and `status` don't need it
+
     try:
         return parse_duration(value)
     except ValueError as err:

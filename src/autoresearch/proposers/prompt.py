@@ -219,3 +219,36 @@ def render(system: str, messages: list[dict[str, str]]) -> str:
     for m in messages:
         parts.append(f"<!-- {m['role']} -->\n{m['content']}\n")
     return "\n".join(parts)
+
+
+def build_agent_prompt(ctx: Context) -> str:
+    """The prompt file for an external coding agent: it reads the files itself, so only paths are named."""
+    cfg = ctx.config
+    goal = "higher is better" if cfg.maximize else "lower is better"
+    editable = ", ".join(sorted(ctx.files)) or ", ".join(cfg.experiment.editable)
+    lines = [
+        "# Research program",
+        "",
+        load_program(ctx.root),
+        "",
+        "# Experiment",
+        "",
+        f"- metric: {cfg.metric.name} ({goal})",
+        f"- time budget per experiment: {cfg.experiment.budget:g} s",
+        f"- run command (the harness runs it, not you): {cfg.experiment.run}",
+        f"- editable files: {editable}",
+    ]
+    if cfg.experiment.protected:
+        lines.append(f"- protected files (read them if useful, never change them): {', '.join(cfg.experiment.protected)}")
+    if ctx.noise is not None:
+        lines.append(f"- noise (std of repeated baseline runs): {_fmt(ctx.noise)}")
+    lines += ["", "# History", "", format_history(ctx, cfg.proposer.history), "", "# Your task", ""]
+    lines.append(
+        f"Make experiment #{ctx.experiment_id}: edit the editable files in the current directory with one change you "
+        f"expect to improve {cfg.metric.name}. Change no other file, do not commit, and do not run the experiment: "
+        "the harness runs and scores it after you finish. Any change outside the editable files is reverted."
+    )
+    if ctx.feedback:
+        lines.append(f"Your previous proposal for this experiment was refused: {ctx.feedback.strip()} Make a different change.")
+    lines.append("When you are done, print one final line of the form\nDESCRIPTION: <one line saying what this experiment tries>")
+    return "\n".join(lines) + "\n"

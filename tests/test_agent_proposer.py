@@ -1,0 +1,221 @@
+"""The `agent` proposer with small scripts standing in for coding-agent CLIs, in real git repos."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoresearch.config import parse_config
+from autoresearch.errors import ProposalInvalid, UserError
+from autoresearch.proposers import Context
+from autoresearch.proposers.agent import AgentProposer
+
+TRAIN = "LR = 0.04\nEPOCHS = 3\n"
+PREPARE = "DATA = 'val'\n"
+
+# One script, several behaviours; it edits files in its working directory like an agent would.
+AGENT = r'''
+import json, os, subprocess, sys, time
+from pathlib import Path
+prompt = Path(sys.argv[1]).read_text() if len(sys.argv) > 1 and sys.argv[1] != "-" else sys.stdin.read()
+mode = sys.argv[2] if len(sys.argv) > 2 else os.environ.get("AGENT_MODE", "edit")
+Path(os.environ["AGENT_SEEN"]).write_text(prompt)
+train = Path("train.py")
+if mode == "edit":
+    train.write_text(train.read_text().replace("LR = 0.04", "LR = 0.02"))
+    print("Thinking...\nDESCRIPTION: halve LR 0.04 -> 0.02")
+elif mode == "protected":
+    train.write_text(train.read_text().replace("EPOCHS = 3", "EPOCHS = 4"))
+    Path("prepare.py").write_text("DATA = 'test'  # peek at the test split\n")
+    Path("notes.txt").write_text("scratch\n")
+    Path("sub").mkdir()
+    Path("sub/cache.bin").write_bytes(b"\0\1")
+    Path(".aider.chat.history.md").write_text("chat\n")
+    print("DESCRIPTION: more epochs")
+elif mode == "only_protected":
+    Path("prepare.py").unlink()
+elif mode == "commit":
+    train.write_text("LR = 0.01\nEPOCHS = 3\n")
+    subprocess.run(["git", "commit", "-qam", "agent commit"], check=True)
+elif mode == "nothing":
+    print("I could not think of anything.")
+elif mode == "fail":
+    print("fatal: no credentials", file=sys.stderr)
+    sys.exit(3)
+elif mode == "sleep":
+    train.write_text("LR = 0.5\n")
+    time.sleep(60)
+elif mode == "syntax":
+    train.write_text("LR = (0.04\n")
+elif mode == "claude_json":
+    train.write_text(train.read_text().replace("EPOCHS = 3", "EPOCHS = 5"))
+    print(json.dumps({"type": "result", "result": "Done.\nDESCRIPTION: EPOCHS 3 -> 5", "total_cost_usd": 0.0123,
+                      "usage": {"input_tokens": 100, "cache_read_input_tokens": 900, "output_tokens": 40}}))
+'''
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def make_repo(tmp_path: Path, sub: str = "") -> Path:
+    repo = tmp_path / "repo"
+    exp = repo / sub if sub else repo
+    exp.mkdir(parents=True)
+    (exp / "train.py").write_text(TRAIN)
+    (exp / "prepare.py").write_text(PREPARE)
+    (exp / "program.md").write_text("Make val_loss small. AGENT-PROGRAM\n")
+    git(repo, "init", "-q")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "add", ".")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    git(repo, "config", "user.name", "t")
+    git(repo, "config", "user.email", "t@t")
+    return exp
+
+
+def make_config(**proposer):
+    data = {
+        "experiment": {"run": "python train.py", "editable": ["train.py"], "protected": ["prepare.py"]},
+        "metric": {"name": "val_loss"},
+        "proposer": {"kind": "agent", **proposer},
+    }
+    return parse_config(data, Path("autoresearch.toml"))
+
+
+@pytest.fixture
+def agent_script(tmp_path, monkeypatch):
+    script = tmp_path / "fake_agent.py"
+    script.write_text(AGENT)
+    monkeypatch.setenv("AGENT_SEEN", str(tmp_path / "seen-prompt.md"))
+    return script
+
+
+def ctx_for(exp: Path, config, run_dir: Path, feedback: str = "") -> Context:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Context(config=config, root=exp, worktree=exp, files={"train.py": (exp / "train.py").read_text()},
+                   history=[{"id": 0, "status": "baseline", "metric": 1.0, "description": "baseline"}],
+                   best={"id": 0, "metric": 1.0}, noise=None, run_dir=run_dir, experiment_id=1, feedback=feedback)
+
+
+def propose(tmp_path, exp, mode, agent_script, **proposer):
+    cfg = make_config(command=f"{sys.executable} {agent_script} {{prompt_file}} {mode}", **proposer)
+    return AgentProposer(cfg, []).propose(ctx_for(exp, cfg, tmp_path / "runs" / mode))
+
+
+def assert_pristine(exp: Path, head: str):
+    assert git(exp, "status", "--porcelain", "--untracked-files=all") == ""
+    assert git(exp, "rev-parse", "HEAD").strip() == head
+    assert (exp / "train.py").read_text() == TRAIN
+
+
+def test_edit_becomes_the_proposal_and_worktree_is_restored(tmp_path, agent_script):
+    exp = make_repo(tmp_path)
+    head = git(exp, "rev-parse", "HEAD").strip()
+    prop = propose(tmp_path, exp, "edit", agent_script)
+    assert prop.edits == {"train.py": "LR = 0.02\nEPOCHS = 3\n"}
+    assert prop.description == "halve LR 0.04 -> 0.02"
+    assert prop.meta["exit_code"] == 0 and prop.meta["agent"] == "custom" and "violations" not in prop.meta
+    assert_pristine(exp, head)
+    seen = (tmp_path / "seen-prompt.md").read_text()
+    assert "AGENT-PROGRAM" in seen and "train.py" in seen and "DESCRIPTION:" in seen
+    run_dir = tmp_path / "runs" / "edit"
+    assert "DESCRIPTION: halve" in (run_dir / "agent.stdout").read_text()
+    assert (run_dir / "agent-prompt-1.md").read_text() == seen
+
+
+def test_changes_outside_editable_are_reverted_and_recorded(tmp_path, agent_script):
+    exp = make_repo(tmp_path)
+    head = git(exp, "rev-parse", "HEAD").strip()
+    prop = propose(tmp_path, exp, "protected", agent_script)
+    assert prop.edits == {"train.py": "LR = 0.04\nEPOCHS = 4\n"}
+    violations = {v["path"]: v["change"] for v in prop.meta["violations"]}
+    assert violations == {"prepare.py": "modified", "notes.txt": "created", "sub/cache.bin": "created"}
+    assert (exp / "prepare.py").read_text() == PREPARE
+    assert not (exp / "notes.txt").exists() and not (exp / ".aider.chat.history.md").exists()
+    assert_pristine(exp, head)
+
+
+def test_only_outside_changes_is_invalid(tmp_path, agent_script):
+    exp = make_repo(tmp_path)
+    head = git(exp, "rev-parse", "HEAD").strip()
+    with pytest.raises(ProposalInvalid, match="changed no editable file.*prepare.py") as info:
+        propose(tmp_path, exp, "only_protected", agent_script)
+    assert info.value.meta["violations"] == [{"path": "prepare.py", "change": "deleted"}]
+    assert_pristine(exp, head)
+
+
+def test_agent_commit_is_undone_but_kept_as_proposal(tmp_path, agent_script):
+    exp = make_repo(tmp_path)
+    head = git(exp, "rev-parse", "HEAD").strip()
+    prop = propose(tmp_path, exp, "commit", agent_script)
+    assert prop.edits == {"train.py": "LR = 0.01\nEPOCHS = 3\n"}
+    assert prop.description == "agent edit of train.py"
+    assert_pristine(exp, head)
+
+
+@pytest.mark.parametrize("mode,match", [("nothing", "changed no editable file"), ("fail", "exited with code 3: fatal: no credentials"),
+                                        ("syntax", "does not compile")])
+def test_failures_are_invalid(tmp_path, agent_script, mode, match):
+    exp = make_repo(tmp_path)
+    head = git(exp, "rev-parse", "HEAD").strip()
+    with pytest.raises(ProposalInvalid, match=match):
+        propose(tmp_path, exp, mode, agent_script)
+    assert_pristine(exp, head)
+
+
+def test_timeout_kills_agent_and_reverts(tmp_path, agent_script):
+    exp = make_repo(tmp_path)
+    head = git(exp, "rev-parse", "HEAD").strip()
+    with pytest.raises(ProposalInvalid, match="did not finish within agent_timeout = 1 s") as info:
+        propose(tmp_path, exp, "sleep", agent_script, agent_timeout=1)
+    assert info.value.meta["exit_code"] is None
+    assert_pristine(exp, head)
+
+
+def test_experiment_in_a_subfolder(tmp_path, agent_script):
+    exp = make_repo(tmp_path, sub="exp")
+    head = git(exp, "rev-parse", "HEAD").strip()
+    (tmp_path / "repo" / "README").write_text("outside\n")  # an untracked file the agent did not make
+    prop = propose(tmp_path, exp, "protected", agent_script)
+    assert prop.edits == {"train.py": "LR = 0.04\nEPOCHS = 4\n"}
+    assert {v["path"] for v in prop.meta["violations"]} == {"prepare.py", "notes.txt", "sub/cache.bin"}
+    assert (tmp_path / "repo" / "README").exists()  # pre-existing changes are left alone
+    assert git(exp, "status", "--porcelain", "--untracked-files=all").strip() == "?? README"
+    assert git(exp, "rev-parse", "HEAD").strip() == head
+
+
+def test_claude_template_with_stand_in_cli(tmp_path, agent_script, monkeypatch):
+    exp = make_repo(tmp_path)
+    head = git(exp, "rev-parse", "HEAD").strip()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    claude = bin_dir / "claude"
+    # Record the arguments, then behave like `claude -p --output-format json` reading the prompt on stdin.
+    claude.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/claude-args\nexec {sys.executable} {agent_script} - claude_json\n")
+    claude.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = make_config(agent="claude", model="claude-sonnet-4-5")
+    prop = AgentProposer(cfg, []).propose(ctx_for(exp, cfg, tmp_path / "runs" / "claude"))
+    assert prop.edits == {"train.py": "LR = 0.04\nEPOCHS = 5\n"}
+    assert prop.description == "EPOCHS 3 -> 5"
+    assert prop.meta["cost_usd"] == pytest.approx(0.0123)
+    assert prop.meta["usage"] == {"input_tokens": 1000, "output_tokens": 40}
+    args = (tmp_path / "claude-args").read_text()
+    assert "-p" in args and "--model claude-sonnet-4-5" in args and "acceptEdits" in args
+    assert "AGENT-PROGRAM" in (tmp_path / "seen-prompt.md").read_text()  # the prompt came on stdin
+    assert_pristine(exp, head)
+
+
+def test_config_errors_are_one_sentence(monkeypatch):
+    with pytest.raises(UserError, match="needs agent"):
+        AgentProposer(make_config(), [])
+    with pytest.raises(UserError, match="not a known agent"):
+        AgentProposer(make_config(agent="cursor"), [])
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(UserError, match="`codex` command, which is not on PATH"):
+        AgentProposer(make_config(agent="codex"), [])

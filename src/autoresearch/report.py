@@ -1,0 +1,374 @@
+"""Summaries, the status table, the progress chart and the HTML report, all from ledger records.
+
+Pure readers: they take the experiment records (oldest first, as `Ledger.experiments()` returns
+them) and never touch git or the loop. matplotlib is imported only when a chart is drawn, so
+`autoresearch status` stays fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Status -> colour, shared by the terminal table (rich colour names) and the HTML report (CSS).
+STATUS_STYLE = {
+    "baseline": ("bold blue", "#1f6feb"),
+    "keep": ("bold green", "#1a7f37"),
+    "discard": ("dim", "#8c959f"),
+    "crash": ("red", "#cf222e"),
+    "timeout": ("red", "#cf222e"),
+    "over_budget": ("yellow", "#bf8700"),
+    "rejected": ("magenta", "#8250df"),
+    "suspicious": ("magenta", "#8250df"),
+    "invalid": ("yellow", "#bf8700"),
+    "interrupted": ("yellow", "#bf8700"),
+}
+# Statuses that ran and produced no usable metric: drawn as red crosses at the chart's edge.
+_FAILED = ("crash", "timeout", "over_budget", "rejected")
+_MAX_LABEL = 48
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _fmt(x: Any, spec: str = ".6g") -> str:
+    return format(x, spec) if _finite(x) else "-"
+
+
+def _one_line(text: Any, limit: int | None = None) -> str:
+    s = " ".join(str(text or "").split())
+    if limit and len(s) > limit:
+        s = s[: limit - 1].rstrip() + "…"
+    return s
+
+
+@dataclass
+class Summary:
+    experiments: int = 0  # records after the baseline
+    counts: dict[str, int] = field(default_factory=dict)
+    baseline: float | None = None
+    noise: float | None = None
+    baseline_runs: int = 0
+    best: float | None = None
+    best_id: int | None = None
+    best_description: str = ""
+    improvement: float | None = None  # best - baseline, in the metric's units (sign as measured)
+    relative: float | None = None  # improvement / |baseline|
+    cost_usd: float = 0.0
+
+
+def summarize(records: list[dict[str, Any]]) -> Summary:
+    """Best so far, counts by status and the change against the baseline."""
+    s = Summary()
+    counts: Counter[str] = Counter()
+    for rec in records:
+        status = rec.get("status", "")
+        counts[status] += 1
+        cost = (rec.get("proposal") or {}).get("cost_usd")
+        if _finite(cost):
+            s.cost_usd += float(cost)
+        if status == "baseline" and s.baseline is None and _finite(rec.get("metric")):
+            s.baseline = float(rec["metric"])
+            s.noise = rec.get("noise") if _finite(rec.get("noise")) else None
+            s.baseline_runs = len(rec.get("runs") or [])
+        if status in ("baseline", "keep") and _finite(rec.get("metric")):
+            s.best, s.best_id = float(rec["metric"]), rec.get("id")
+            s.best_description = str(rec.get("description", ""))
+    s.counts = dict(counts)
+    s.experiments = sum(n for st, n in counts.items() if st != "baseline")
+    if s.baseline is not None and s.best is not None:
+        s.improvement = s.best - s.baseline
+        s.relative = s.improvement / abs(s.baseline) if s.baseline else None
+    return s
+
+
+def _count_text(counts: dict[str, int]) -> str:
+    order = [st for st in STATUS_STYLE if st != "baseline" and counts.get(st)]
+    order += sorted(st for st in counts if st not in STATUS_STYLE and counts[st])
+    return ", ".join(f"{counts[st]} {st}" for st in order) or "none yet"
+
+
+def summary_lines(records: list[dict[str, Any]], header: dict[str, Any] | None = None) -> list[str]:
+    """A few plain lines: what the run is, baseline and best, counts by status, cost."""
+    header = header or {}
+    s = summarize(records)
+    metric = header.get("metric", "metric")
+    goal = header.get("goal", "minimize")
+    lines = []
+    if header.get("tag"):
+        lines.append(f"run {header['tag']} on {header.get('branch', '')}: {metric} ({goal})".rstrip())
+    if s.baseline is None:
+        lines.append("baseline: not measured yet")
+    else:
+        noise = f" ± {s.noise:.3g}" if s.noise else ""
+        runs = f" ({s.baseline_runs} runs)" if s.baseline_runs > 1 else ""
+        lines.append(f"baseline: {metric} {s.baseline:.6g}{noise}{runs}")
+        if s.best is not None and s.best_id not in (None, 0) and s.improvement is not None:
+            rel = f", {s.relative:+.2%}" if s.relative is not None else ""
+            lines.append(
+                f"best:     {metric} {s.best:.6g} ({s.improvement:+.4g}{rel}) at experiment {s.best_id}: "
+                f"{_one_line(s.best_description, 80)}"
+            )
+        else:
+            lines.append("best:     the baseline (no kept improvement yet)")
+    lines.append(f"experiments: {s.experiments} ({_count_text(s.counts)})")
+    if s.cost_usd:
+        lines.append(f"proposer cost: ${s.cost_usd:.2f}")
+    return lines
+
+
+def status_table(records: list[dict[str, Any]], metric_name: str = "metric", last: int | None = None) -> Any:
+    """A rich Table of the experiments given (or of the LAST of them): id, status, metric, delta, description."""
+    from rich.table import Table
+
+    rows = records[-last:] if last else records
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("status")
+    table.add_column(metric_name, justify="right")
+    table.add_column("delta", justify="right")
+    table.add_column("description", overflow="fold")
+    for rec in rows:
+        status = str(rec.get("status", ""))
+        style = STATUS_STYLE.get(status, ("", ""))[0]
+        delta = rec.get("delta")
+        table.add_row(
+            str(rec.get("id", "")),
+            f"[{style}]{status}[/]" if style else status,
+            _fmt(rec.get("metric")),
+            _fmt(delta, "+.4g") if _finite(delta) else "",
+            _one_line(rec.get("description", ""), 100),
+            style=None,
+        )
+    return table
+
+
+# ---- the progress chart --------------------------------------------------------------------------
+
+
+def _view_limits(values: list[float], band: tuple[float, float] | None, maximize: bool) -> tuple[float, float]:
+    """Y range that shows the baseline band, every kept point and the near misses; far-off discards
+    are drawn clipped at the edge rather than squashing the interesting part."""
+    core = list(values)
+    if band:
+        core += list(band)
+    lo, hi = min(core), max(core)
+    span = hi - lo or (abs(hi) * 0.1 or 1.0)
+    # Leave room on the "worse" side for discards that landed there.
+    if maximize:
+        return lo - 0.6 * span, hi + 0.1 * span
+    return lo - 0.1 * span, hi + 0.6 * span
+
+
+def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    del plt  # Figure() directly: no global pyplot state, safe to call repeatedly
+    maximize = goal == "maximize"
+    s = summarize(records)
+    fig = Figure(figsize=(14, 7), dpi=110)
+    ax = fig.add_subplot(1, 1, 1)
+
+    ids = [r.get("id", i) for i, r in enumerate(records)]
+    last_id = max(ids) if ids else 0
+    kept = [r for r in records if r.get("status") == "keep" and _finite(r.get("metric"))]
+    measured = [r for r in records if r.get("status") not in ("baseline", "keep") and _finite(r.get("metric"))]
+    failed = [r for r in records if r.get("status") in _FAILED and not _finite(r.get("metric"))]
+
+    band = None
+    if s.baseline is not None:
+        width = 2 * (s.noise or 0.0)
+        band = (s.baseline - width, s.baseline + width)
+    anchor_values = [float(r["metric"]) for r in kept]
+    if s.baseline is not None:
+        anchor_values.append(s.baseline)
+    if not anchor_values:
+        anchor_values = [float(r["metric"]) for r in measured] or [0.0, 1.0]
+    ylo, yhi = _view_limits(anchor_values, band, maximize)
+    x_hi = max(last_id, 1) + 0.8
+
+    if band is not None:
+        if band[1] > band[0]:
+            ax.axhspan(band[0], band[1], color="#1f6feb", alpha=0.10, lw=0, zorder=0)
+        ax.axhline(s.baseline, color="#1f6feb", lw=1.0, ls="--", alpha=0.7, zorder=1)
+
+    # Discarded and other measured-but-not-kept experiments: faint; those off the view sit on its edge.
+    inside = [r for r in measured if ylo <= r["metric"] <= yhi]
+    outside = [r for r in measured if not ylo <= r["metric"] <= yhi]
+    ax.scatter([r["id"] for r in inside], [r["metric"] for r in inside], s=22, color="#8c959f", alpha=0.55,
+               lw=0, zorder=2)
+    if outside:
+        edge_lo, edge_hi = ylo + 0.012 * (yhi - ylo), yhi - 0.012 * (yhi - ylo)
+        ax.scatter([r["id"] for r in outside], [edge_hi if r["metric"] > yhi else edge_lo for r in outside],
+                   s=26, marker="^" if not maximize else "v", color="#8c959f", alpha=0.45, lw=0, zorder=2,
+                   clip_on=False)
+
+    # Running best as a step line from the baseline through every keep to the last experiment.
+    steps_x, steps_y = [], []
+    for r in records:
+        if r.get("status") in ("baseline", "keep") and _finite(r.get("metric")):
+            steps_x.append(r["id"])
+            steps_y.append(float(r["metric"]))
+    if steps_x:
+        steps_x.append(max(last_id, steps_x[-1]) + 0.5)
+        steps_y.append(steps_y[-1])
+        ax.step(steps_x, steps_y, where="post", color="#1a7f37", lw=2.0, alpha=0.85, zorder=3)
+
+    base_rec = next((r for r in records if r.get("status") == "baseline" and _finite(r.get("metric"))), None)
+    if base_rec is not None:
+        ax.scatter([base_rec.get("id", 0)], [base_rec["metric"]], s=70, color="#1f6feb", edgecolor="white",
+                   lw=1.2, zorder=5)
+
+    ax.scatter([r["id"] for r in kept], [r["metric"] for r in kept], s=70, color="#2da44e", edgecolor="#116329",
+               lw=1.2, zorder=5)
+    x_span = x_hi + 0.8
+    for r in kept:
+        label = _one_line(r.get("description", ""), _MAX_LABEL)
+        # Labels lean towards the worse side of the chart, where the view leaves room for them; near the
+        # right edge they point left so they are not cut off.
+        up = 1 if not maximize else -1
+        left = (r["id"] + 0.8) / x_span > 0.72
+        ax.annotate(label, (r["id"], r["metric"]), xytext=(-7 if left else 7, 6 * up), textcoords="offset points",
+                    fontsize=8, color="#116329", rotation=(-25 if left else 25) * up, rotation_mode="anchor",
+                    ha="right" if left else "left", va="center", zorder=6)
+
+    if failed:
+        from matplotlib.transforms import blended_transform_factory
+
+        trans = blended_transform_factory(ax.transData, ax.transAxes)
+        y_edge = 0.97 if not maximize else 0.03
+        ax.scatter([r["id"] for r in failed], [y_edge] * len(failed), transform=trans, marker="x", s=40,
+                   color="#cf222e", lw=1.6, zorder=4, clip_on=False)
+
+    ax.set_xlim(-0.8, x_hi)
+    ax.set_ylim(ylo, yhi)
+    ax.set_xlabel("experiment #")
+    arrow = "higher is better" if maximize else "lower is better"
+    ax.set_ylabel(f"{metric_name} ({arrow})")
+    ax.grid(True, color="#d0d7de", lw=0.6, alpha=0.7)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+    n_keep = len(kept)
+    title = f"autoresearch progress: {s.experiments} experiments, {n_keep} kept improvement{'s' if n_keep != 1 else ''}"
+    ax.set_title(title, fontsize=13, loc="left", pad=22)
+    if s.baseline is not None and s.best is not None:
+        sub = f"{metric_name}: baseline {s.baseline:.5g}"
+        if s.noise:
+            sub += f" ± {s.noise:.2g} (std)"
+        sub += f"  →  best {s.best:.5g}"
+        if s.relative is not None and s.best_id not in (None, 0):
+            sub += f"  ({s.relative:+.1%})"
+        ax.text(0.0, 1.015, sub, transform=ax.transAxes, fontsize=9.5, color="#57606a", ha="left", va="bottom")
+    elif not records:
+        ax.text(0.5, 0.5, "no experiments yet", transform=ax.transAxes, ha="center", va="center", color="#57606a")
+
+    handles = [
+        Line2D([], [], marker="o", ls="", color="#8c959f", alpha=0.6, label="discarded"),
+        Line2D([], [], marker="o", ls="", color="#2da44e", markeredgecolor="#116329", label="kept"),
+        Line2D([], [], color="#1a7f37", lw=2, label="running best"),
+    ]
+    if base_rec is not None:
+        handles.insert(0, Line2D([], [], marker="o", ls="", color="#1f6feb", label="baseline"))
+        if band is not None and band[1] > band[0]:
+            handles.append(Patch(color="#1f6feb", alpha=0.15, label="baseline ± 2·noise"))
+    if failed:
+        handles.append(Line2D([], [], marker="x", ls="", color="#cf222e", lw=1.6, label="crash / timeout"))
+    ax.legend(handles=handles, loc="upper right" if maximize else "lower left", fontsize=8.5, frameon=True,
+              framealpha=0.9, edgecolor="#d0d7de")
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_progress_png(records: list[dict[str, Any]], metric_name: str, goal: str, path: Path) -> Path:
+    """Draw every experiment (kept ones labelled), the running best and the baseline's noise band."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(_render_png(records, metric_name, goal))
+    tmp.replace(path)
+    return path
+
+
+# ---- the HTML report -----------------------------------------------------------------------------
+
+_CSS = """
+body { font: 14px/1.45 -apple-system, BlinkMacSystemFont, "Segoe UI", Helvetica, Arial, sans-serif;
+       color: #1f2328; margin: 2em auto; max-width: 1200px; padding: 0 1em; }
+h1 { font-size: 1.5em; margin-bottom: .2em; }
+.summary { color: #57606a; margin: 0 0 1em 0; padding: 0; list-style: none; }
+img { max-width: 100%; border: 1px solid #d0d7de; border-radius: 6px; }
+table { border-collapse: collapse; width: 100%; margin-top: 1em; font-size: 13px; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #eaeef2; vertical-align: top; }
+th { background: #f6f8fa; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.mono { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 12px; }
+.status { display: inline-block; padding: 0 6px; border-radius: 10px; color: white; font-size: 12px; }
+tr.discard td { color: #57606a; }
+tr.keep td { background: #dafbe1; }
+.reason { color: #57606a; font-size: 12px; }
+"""
+
+
+def write_report_html(records: list[dict[str, Any]], header: dict[str, Any] | None, path: Path) -> Path:
+    """A self-contained page: summary, the progress chart (embedded), and every experiment."""
+    header = header or {}
+    metric = str(header.get("metric", "metric"))
+    goal = str(header.get("goal", "minimize"))
+    png = base64.b64encode(_render_png(records, metric, goal)).decode("ascii")
+    e = html.escape
+    title = f"autoresearch report: {header.get('tag', '')}".rstrip(": ")
+    rows = []
+    for rec in records:
+        status = str(rec.get("status", ""))
+        colour = STATUS_STYLE.get(status, ("", "#57606a"))[1]
+        delta = rec.get("delta")
+        reason = _one_line(rec.get("reason", ""), 240)
+        rows.append(
+            f'<tr class="{e(status)}"><td class="num">{e(str(rec.get("id", "")))}</td>'
+            f'<td><span class="status" style="background:{colour}">{e(status)}</span></td>'
+            f'<td class="num">{e(_fmt(rec.get("metric")))}</td>'
+            f'<td class="num">{e(_fmt(delta, "+.4g") if _finite(delta) else "")}</td>'
+            f'<td>{e(_one_line(rec.get("description", "")))}<div class="reason">{e(reason)}</div></td>'
+            f'<td>{e(str(rec.get("proposer", "") or ""))}</td>'
+            f'<td class="mono">{e(str(rec.get("commit") or "")[:9])}</td></tr>'
+        )
+    summary = "".join(f"<li>{e(line)}</li>" for line in summary_lines(records, header))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{e(title)}</title><style>{_CSS}</style></head>
+<body>
+<h1>{e(title)}</h1>
+<ul class="summary">{summary}</ul>
+<img alt="progress chart: {e(metric)} per experiment" src="data:image/png;base64,{png}">
+<table>
+<thead><tr><th>#</th><th>status</th><th>{e(metric)}</th><th>delta</th><th>description / reason</th><th>proposer</th><th>commit</th></tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody></table>
+</body></html>
+"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -387,11 +387,18 @@ def layout(outside_tmp, monkeypatch):
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "id_ed25519").write_text("SSH-PRIVATE")
     monkeypatch.setenv("HOME", str(home))
-    state = tmp_path / "exp" / ".autoresearch"
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "train.py").write_text("TRAIN")
+    (exp / "prepare.py").write_text("PROTECTED")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=exp, check=True)
+    subprocess.run([*git, "add", "train.py", "prepare.py"], cwd=exp, check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], cwd=exp, check=True)
+    state = exp / ".autoresearch"
     wt = state / "worktrees" / "e1"
+    subprocess.run([*git, "worktree", "add", "-q", "-b", "autoresearch/e1", str(wt)], cwd=exp, check=True)
     (wt / "data").mkdir(parents=True)
-    (wt / "train.py").write_text("TRAIN")
-    (wt / "prepare.py").write_text("PROTECTED")
     (wt / "data" / "val.bin").write_text("VALIDATION-SPLIT")
     (wt / "holdout").mkdir()
     (wt / "holdout" / "test.bin").write_text("HOLDOUT")
@@ -433,6 +440,8 @@ def test_files_under_bwrap(layout):
         "list_holdout": ("list", str(wt / "holdout")),
         "read_holdout": ("read", str(wt / "holdout" / "test.bin")),
         "read_ssh": ("read", str(p["home"] / ".ssh" / "id_ed25519")),
+        "unlink_dotgit": ("unlink", str(wt / ".git")),
+        "write_dotgit": ("write", str(wt / ".git")),
     }
     got = run(spec, FILES_SNIPPET, {"CHECKS": json.dumps(checks)})
     assert got["edit_worktree"] == "ok"
@@ -451,6 +460,7 @@ def test_files_under_bwrap(layout):
     assert got["read_val"] == "errno:13"  # /dev/null on a nodev mount: EACCES
     assert got["list_holdout"] == "list:" and got["read_holdout"] == "errno:2"
     assert got["read_ssh"] == "errno:2"
+    assert got["unlink_dotgit"] == "errno:16" and got["write_dotgit"] == "errno:30"
     text = json.dumps(got)
     for secret in ("PRIVATE-KEY", "LEDGER", "VALIDATION-SPLIT", "HOLDOUT", "SSH-PRIVATE"):
         assert secret not in text
@@ -565,3 +575,33 @@ def test_non_root_without_cgroup_uses_rlimit_nproc_above_current_use(wt, monkeyp
     got = run(SandboxSpec(mode="process", workdir=wt, limits=Limits(nproc=64)),
               "import json, resource; print(json.dumps(resource.getrlimit(resource.RLIMIT_NPROC)))")
     assert got[0] == got[1] and got[0] >= 64 + busy - 10 and got[0] <= 64 + busy + 50
+
+
+@needs_bwrap
+def test_git_reads_work_but_the_branch_cannot_move(layout):
+    spec, p = layout
+    code = """
+    import json, subprocess
+    def git(*a):
+        r = subprocess.run(["git", *a], capture_output=True, text=True)
+        return [r.returncode, r.stdout.strip()]
+    print(json.dumps({"head": git("rev-parse", "--abbrev-ref", "HEAD"),
+                      "checkout": git("checkout", "-q", "-b", "elsewhere")[0],
+                      "commit": git("-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "x",
+                                    "--allow-empty")[0]}))
+    """
+    got = run(spec, code, {"HOME": str(p["home"])})
+    assert got["head"] == [0, "autoresearch/e1"]
+    assert got["checkout"] != 0 and got["commit"] != 0
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=p["wt"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    assert branch == "autoresearch/e1"
+
+
+@needs_bwrap
+def test_caches_point_into_the_sandbox_tmp(wt):
+    code = "import json, os; print(json.dumps({k: os.environ.get(k) for k in ('TRITON_CACHE_DIR', 'MPLCONFIGDIR')}))"
+    got = run(SandboxSpec(mode="bwrap", workdir=wt), code)
+    assert got["TRITON_CACHE_DIR"].startswith("/tmp/") and got["MPLCONFIGDIR"].startswith("/tmp/")
+    got = run(SandboxSpec(mode="bwrap", workdir=wt), code, {"TRITON_CACHE_DIR": str(wt / "tc")})
+    assert got["TRITON_CACHE_DIR"] == str(wt / "tc")

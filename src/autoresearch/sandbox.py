@@ -21,7 +21,10 @@ What each mode holds (as enforced, not as hoped):
   nested user namespaces, `/` read-only, the worktree and `writable` folders read-write, `readonly`
   paths (protected files) read-only over the read-write worktree, `hidden` paths replaced by an empty
   folder or /dev/null, and a fresh /tmp, /dev (plus GPU device nodes) and /proc.
-  Everything outside the worktree, the writable folders and /tmp is read-only, ~/.cache included.
+  Everything outside the worktree, the writable folders and /tmp is read-only, ~/.cache included
+  (TRITON_CACHE_DIR and MPLCONFIGDIR point into /tmp unless set), and so is the worktree's `.git`.
+  A hidden file that git tracks can still be read from the repository's object store unless the
+  repository's git folder is hidden too.
   `--die-with-parent` kills the sandbox when the thread that started it exits: start it from a
   thread that outlives it. There is no `--new-session`: the runner's own new session already takes
   the terminal away (so TIOCSTI needs CAP_SYS_ADMIN, which is dropped), and staying in the runner's
@@ -67,6 +70,11 @@ HOME_SECRETS = (
 
 # GPU device nodes that bwrap's minimal /dev lacks.
 _GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
+
+# Caches whose default lives under the (read-only) home and whose writer fails rather than falls
+# back; pointed into the sandbox's own /tmp unless the caller set them. ~/.cache itself stays
+# read-only: `evaluate` may read data from it that `run` must not be able to rewrite.
+_BWRAP_CACHE_ENV = {"TRITON_CACHE_DIR": "/tmp/.cache/triton", "MPLCONFIGDIR": "/tmp/.cache/matplotlib"}
 
 _MASK_TMPFS_BYTES = 1 << 20  # a hidden folder becomes an empty tmpfs; writes to it go nowhere useful
 _BWRAP_OWN_PROCS = 3  # bwrap's outer process and its pid-1 reaper count against the process cap
@@ -140,7 +148,11 @@ def prepare(spec: SandboxSpec, command: str, env: dict[str, str]) -> Prepared:
         )
 
     clean_env, stripped = strip_secrets(env, spec.secrets)
-    argv = _bwrap_argv(spec, probe) + shell if mode == "bwrap" else shell
+    argv = shell
+    if mode == "bwrap":
+        argv = _bwrap_argv(spec, probe) + shell
+        for name, path in _BWRAP_CACHE_ENV.items():
+            clean_env.setdefault(name, path)
     extra = _BWRAP_OWN_PROCS if mode == "bwrap" else 0
     cgroup = _PidsCgroup.create(spec.limits.nproc + extra) if spec.limits.nproc else None
     preexec, nproc_held = _make_preexec(spec.limits, cgroup, extra)
@@ -434,11 +446,12 @@ def _bwrap_base(probe: _Probe, network: bool) -> list[str]:
 
 def _bwrap_argv(spec: SandboxSpec, probe: _Probe) -> list[str]:
     argv = _bwrap_base(probe, spec.network)
-    for pattern in _GPU_DEVICES:
-        for dev in sorted(glob.glob(pattern)):
-            argv += ["--dev-bind", dev, dev]
+    for dev in sorted({d for pattern in _GPU_DEVICES for d in glob.glob(pattern)}):
+        argv += ["--dev-bind", dev, dev]
 
     workdir = spec.workdir.resolve()
+    # The worktree's .git file ties it to the run branch: `run` may not delete or redirect it.
+    readonly = [*spec.readonly, workdir / ".git"]
     home = Path.home()
     hidden = [*spec.hidden, *(home / rel for rel in HOME_SECRETS)]
     # (path, rank, args): parents are mounted before children so a child mount lands on top;
@@ -448,7 +461,7 @@ def _bwrap_argv(spec: SandboxSpec, probe: _Probe) -> list[str]:
         p = p.resolve()
         p.mkdir(parents=True, exist_ok=True)
         ops[(str(p), 0)] = ["--bind", str(p), str(p)]
-    for p in spec.readonly:
+    for p in readonly:
         p = p.resolve()
         if p.exists():
             ops[(str(p), 1)] = ["--ro-bind", str(p), str(p)]

@@ -187,7 +187,7 @@ class Session:
                 "kind": "experiment",
                 "id": pending["id"],
                 "status": "interrupted",
-                "reason": "the harness stopped (killed or crashed) while this experiment ran",
+                "reason": "the harness stopped (Ctrl-C, killed or crashed) while this experiment ran",
                 "description": pending.get("description", ""),
                 "proposer": pending.get("proposer", ""),
                 "proposal": pending.get("proposal", {}),
@@ -199,7 +199,7 @@ class Session:
                 "best": self.best()[0], "delta": None,
                 "start": pending.get("start"), "end": _now(),
             })
-            self.progress.warn(f"experiment {pending['id']} was interrupted by a harness stop; recorded as 'interrupted'")
+            self.progress.warn(f"experiment {pending['id']} was interrupted; recorded as 'interrupted'")
             records = self.ledger.experiments()
         # A keep whose record landed but whose branch move did not: finish the move.
         kept = [r for r in records if r["status"] in ("keep",)]
@@ -557,6 +557,7 @@ def run_loop(
         session.config.proposer = session.config.proposer.model_copy(update={"kind": proposer})
     started = time.monotonic()
     done = kept = 0
+    _sigterm_as_interrupt()
     stopped_by = "max-experiments"
     with session.locked():
         session.open(tag=tag, new=new)
@@ -584,13 +585,26 @@ def run_loop(
                 prop.close()
         except (Stop, KeyboardInterrupt):
             stopped_by = "interrupted"
+            if session._pending_path.exists():  # interrupted outside the runner's own handling
+                session.recover()
             session.ws.reset()
-            session._pending_path.unlink(missing_ok=True)
     best, _ = session.best()
     base = next((r["metric"] for r in session.ledger.experiments() if r["status"] == "baseline"), None)
     summary = LoopSummary(session.tag or "", done, kept, best, base, stopped_by)
     session.progress.finish(summary)
     return summary
+
+
+def _sigterm_as_interrupt() -> None:
+    """`kill` and service managers send SIGTERM: stop as cleanly as on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, handler)
 
 
 def total_cost(records: list[dict[str, Any]]) -> float:
@@ -633,6 +647,7 @@ def try_change(path: Path, description: str, progress: Progress | None = None) -
             raise UserError(f"no run in {session.root}; start one and measure the baseline with `autoresearch run {session.root} --max-experiments 0`")
         header = session.ledger.header() or {}
         session.tag = header.get("tag")
+        session.ledger.signer = session._load_signer(header)
         branch = git("rev-parse", "--abbrev-ref", "HEAD", cwd=checkout).strip()
         if branch != f"{BRANCH_PREFIX}{session.tag}":
             raise UserError(

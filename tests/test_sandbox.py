@@ -117,6 +117,7 @@ def test_none_changes_nothing(wt):
     p = prepare(SandboxSpec(mode="none", workdir=wt), "echo hi", env)
     assert p.argv == ["/bin/sh", "-c", "echo hi"]
     assert p.env == env and p.preexec_fn is None and p.mode == "none" and p.warning is None
+    assert not any(p.enforced.values())
 
 
 def test_strip_secrets_patterns():
@@ -156,7 +157,7 @@ def test_auto_uses_bwrap_where_it_works(wt):
     p = prepare(SandboxSpec(mode="auto", workdir=wt), "true", {})
     p.cleanup()
     if HAVE_BWRAP:
-        assert p.mode == "bwrap" and p.argv[0].endswith("bwrap") and p.enforced["network"]
+        assert p.mode == "bwrap" and p.argv[0].endswith("bwrap") and p.enforced["no_network"]
     else:
         assert p.mode == "process" and "bubblewrap" in p.warning
 
@@ -168,7 +169,8 @@ def test_auto_falls_back_to_process_with_a_warning(wt, monkeypatch):
     assert p.argv == ["/bin/sh", "-c", "true"]
     assert "not installed" in p.warning and "network" in p.warning and "apt-get install bubblewrap" in p.warning
     assert p.env == {} and p.stripped == ["GH_TOKEN"]
-    assert not p.enforced["network"] and not p.enforced["hidden"] and p.enforced["env"]
+    assert p.enforced == {"env_stripped": True, "rlimits": True, "nproc_cap": False, "no_network": False,
+                          "readonly_fs": False, "hidden": False, "pid_namespace": False}
 
 
 def test_explicit_bwrap_without_bwrap_is_a_user_error(wt, monkeypatch):
@@ -238,7 +240,7 @@ def test_fork_bomb_is_contained(wt, mode):
     spec = SandboxSpec(mode=mode, workdir=wt, limits=Limits(nproc=32))
     probe = prepare(spec, "true", {})
     probe.cleanup()
-    if not probe.enforced["nproc"]:
+    if not probe.enforced["nproc_cap"]:
         pytest.skip(f"the process cap does not hold here: {probe.warning}")
     got = run(spec, FORK_BOMB)
     assert got["forked"] < 40, got  # 32 allowed, minus the ones the snippet itself and its shell use
@@ -535,7 +537,7 @@ def test_group_kill_and_cleanup_reach_setsid_escapees(wt, mode):
         while marker_pids(marker_arg) and time.monotonic() < deadline:
             time.sleep(0.05)
         left = marker_pids(marker_arg)
-        if mode == "process" and not prepared.enforced["nproc"]:
+        if mode == "process" and not prepared.enforced["nproc_cap"]:
             assert left  # documented: process mode without a cgroup cannot reach it
         else:
             assert not left
@@ -562,7 +564,7 @@ def test_root_without_cgroup_says_the_cap_does_not_hold(wt, monkeypatch):
     monkeypatch.setattr(sandbox._PidsCgroup, "create", classmethod(lambda cls, n: None))
     monkeypatch.setattr(sandbox.os, "geteuid", lambda: 0)
     p = prepare(SandboxSpec(mode="process", workdir=wt, limits=Limits(nproc=64)), "true", {})
-    assert not p.enforced["nproc"]
+    assert not p.enforced["nproc_cap"]
     assert "process cap (64) is not enforced" in p.warning and "fork bomb" in p.warning
 
 

@@ -11,7 +11,7 @@ What each mode holds (as enforced, not as hoped):
   a process cap, and an environment stripped of secrets. The process cap is a cgroup `pids.max` when
   the cgroup file system is writable (root on most hosts), else RLIMIT_NPROC raised by the user's
   current process count (that limit counts every process of the uid; as root it does not hold at
-  all, and `enforced["nproc"]` says so). Network, files outside the worktree, hidden files and the
+  all, and `enforced["nproc_cap"]` says so). Network, files outside the worktree, hidden files and the
   private key stay reachable, and a child that calls setsid() escapes the runner's group kill
   (`cleanup()` still reaps it when a cgroup is in use). It guards against accidents, not a hostile
   process running as root.
@@ -116,7 +116,9 @@ class Prepared:
     preexec_fn: Callable[[], None] | None
     mode: str  # the mode actually used ("auto" resolved)
     warning: str | None  # what was asked for but is not enforced here; print it once
-    enforced: dict[str, bool] = field(default_factory=dict)  # promise -> holds; goes into the record
+    # Each promise and whether it holds in this run (goes into the record): env_stripped, rlimits,
+    # nproc_cap, no_network, readonly_fs, hidden, pid_namespace.
+    enforced: dict[str, bool] = field(default_factory=dict)
     cleanup: Callable[[], None] = field(default=lambda: None)  # after the group is dead: reap, free cgroup
     stripped: list[str] = field(default_factory=list)  # names of env vars removed
 
@@ -127,7 +129,7 @@ def prepare(spec: SandboxSpec, command: str, env: dict[str, str]) -> Prepared:
         raise ValueError(f"unknown sandbox mode {spec.mode!r}; use one of {', '.join(MODES)}")
     shell = ["/bin/sh", "-c", command]
     if spec.mode == "none":
-        return Prepared(argv=shell, env=dict(env), preexec_fn=None, mode="none", warning=None)
+        return Prepared(argv=shell, env=dict(env), preexec_fn=None, mode="none", warning=None, enforced=_promises())
 
     mode, warnings = spec.mode, []
     probe = _bwrap_probe()
@@ -162,15 +164,11 @@ def prepare(spec: SandboxSpec, command: str, env: dict[str, str]) -> Prepared:
             "cgroup pids controller, so a fork bomb is only stopped by the timeout"
         )
 
-    enforced = {
-        "env": True,
-        "rlimits": True,
-        "nproc": nproc_held or not spec.limits.nproc,
-        "network": spec.network or mode == "bwrap",
-        "filesystem": mode == "bwrap",
-        "hidden": mode == "bwrap",
-        "pid_namespace": mode == "bwrap",
-    }
+    bw = mode == "bwrap"
+    enforced = _promises(
+        env_stripped=True, rlimits=True, nproc_cap=nproc_held, no_network=bw and not spec.network,
+        readonly_fs=bw, hidden=bw, pid_namespace=bw,
+    )
     return Prepared(
         argv=argv,
         env=clean_env,
@@ -181,6 +179,11 @@ def prepare(spec: SandboxSpec, command: str, env: dict[str, str]) -> Prepared:
         cleanup=cgroup.destroy if cgroup else (lambda: None),
         stripped=stripped,
     )
+
+
+def _promises(**held: bool) -> dict[str, bool]:
+    names = ("env_stripped", "rlimits", "nproc_cap", "no_network", "readonly_fs", "hidden", "pid_namespace")
+    return {name: bool(held.get(name, False)) for name in names}
 
 
 def bwrap_available() -> bool:

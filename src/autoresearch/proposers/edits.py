@@ -233,9 +233,8 @@ def parse_json_reply(text: str) -> ParsedReply:
     for n, item in enumerate(edits_raw, 1):
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("file", "search", "replace")):
             raise EditError(f"edit {n}: must be an object with string fields 'file', 'search' and 'replace'")
-        # An empty search means "this is the whole new file".
-        search = item["search"] if item["search"] != "" else None
-        edits.append(Edit(item["file"].strip(), search, item["replace"], f"edit {n}"))
+        # No whole-file form here: small models fill an empty search with a fragment and wipe the file.
+        edits.append(Edit(item["file"].strip(), item["search"], item["replace"], f"edit {n}"))
     return ParsedReply(description.strip(), edits, "json")
 
 

@@ -9,6 +9,8 @@ reads environment variables, so no key can end up in a prompt file.
 from __future__ import annotations
 
 import glob
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,21 +157,37 @@ def format_history(ctx: Context, n: int) -> str:
     return "\n".join(out)
 
 
-def reply_format(json_mode: bool, files: list[str]) -> str:
-    example = files[0] if files else "train.py"
+_NUMBER_LINE = re.compile(r"^([A-Z][A-Z0-9_]*)\s*=\s*(-?\d+(?:\.\d*)?(?:[eE]-?\d+)?)\s*(#.*)?$")
+
+
+def _example_edit(files: dict[str, str]) -> tuple[str, str, str, str]:
+    """(file, description, search, replace) built from a real line, so the format example applies as given."""
+    for path in sorted(files):
+        for line in files[path].splitlines():
+            m = _NUMBER_LINE.match(line.strip())
+            if m and line == line.strip():
+                name, value = m.group(1), m.group(2)
+                new = str(int(value) * 2) if value.lstrip("-").isdigit() else f"{float(value) / 2:g}"
+                return path, f"{name} {value} -> {new}", line, line.replace(value, new, 1)
+    path = sorted(files)[0] if files else "train.py"
+    first = next((ln for ln in files.get(path, "").splitlines() if ln.strip()), "x = 1")
+    return path, "describe the change in one line", first, first
+
+
+def reply_format(json_mode: bool, files: dict[str, str]) -> str:
+    path, desc, search, replace = _example_edit(files)
     if json_mode:
+        example = json.dumps({"description": desc, "edits": [{"file": path, "search": search, "replace": replace}]})
         return (
-            "Reply with one JSON object and nothing else:\n"
-            '{"description": "<one line: what this experiment tries>", '
-            '"edits": [{"file": "<editable path>", "search": "<exact current lines>", "replace": "<new lines>"}]}\n'
-            "`search` must be copied exactly from the current file and match once; an empty `search` means "
-            "`replace` is the complete new file."
+            "Reply with one JSON object and nothing else, with a one-line `description` of what the experiment "
+            "tries and a list of `edits`. Each edit names a `file`, a `search` text copied exactly from that "
+            "file (it must match once), and the `replace` text that takes its place. For example:\n" + example
         )
     return (
         "Reply in this format:\n\n"
-        "DESCRIPTION: <one line: what this experiment tries, e.g. 'LR 0.04 -> 0.03'>\n\n"
-        "Then one or more SEARCH/REPLACE blocks, each preceded by the file path alone on a line:\n\n"
-        f"{example}\n{SEARCH_MARK}\n<exact lines from the current file>\n{DIVIDER}\n<the new lines>\n{REPLACE_MARK}\n\n"
+        "DESCRIPTION: <one line: what this experiment tries>\n\n"
+        "Then one or more SEARCH/REPLACE blocks, each preceded by the file path alone on a line. For example:\n\n"
+        f"DESCRIPTION: {desc}\n\n{path}\n{SEARCH_MARK}\n{search}\n{DIVIDER}\n{replace}\n{REPLACE_MARK}\n\n"
         "The SEARCH part must match the current file exactly (whitespace included) and only once; keep it "
         "short but unique. A unified diff or a whole file in a fenced block after its path is also accepted."
     )
@@ -208,7 +226,7 @@ def build_prompt(ctx: Context, *, json_mode: bool = False, history: int | None =
     task = [f"Propose experiment #{ctx.experiment_id}: one change to the editable files that you expect to improve {cfg.metric.name}."]
     if ctx.feedback:
         task.append(f"Your previous proposal for this experiment was refused: {ctx.feedback.strip()} Propose a different change.")
-    task.append(reply_format(json_mode, sorted(ctx.files)))
+    task.append(reply_format(json_mode, ctx.files))
     sections.append("# Your task\n\n" + "\n\n".join(task))
     return SYSTEM, "\n\n".join(sections) + "\n"
 

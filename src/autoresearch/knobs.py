@@ -115,6 +115,7 @@ def find_knobs_in(path: str, text: str) -> list[Knob]:
             value=value,
             type="float" if isinstance(value, float) else "int",
             text=literal,
+            key=target.id,
         )
     return sorted(found.values(), key=lambda k: (k.line, k.col))
 

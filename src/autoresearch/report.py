@@ -134,7 +134,7 @@ def status_table(records: list[dict[str, Any]], metric_name: str = "metric", las
     table.add_column("status")
     table.add_column(metric_name, justify="right")
     table.add_column("delta", justify="right")
-    table.add_column("description", overflow="fold")
+    table.add_column("description", overflow="ellipsis", no_wrap=True)
     for rec in rows:
         status = str(rec.get("status", ""))
         style = STATUS_STYLE.get(status, ("", ""))[0]
@@ -160,7 +160,10 @@ def _view_limits(values: list[float], band: tuple[float, float] | None, maximize
     if band:
         core += list(band)
     lo, hi = min(core), max(core)
-    span = hi - lo or (abs(hi) * 0.1 or 1.0)
+    if hi == lo:  # only the baseline, without noise: centre it
+        half = abs(hi) * 0.05 or 0.5
+        return lo - half, hi + half
+    span = hi - lo
     # Leave room on the "worse" side for discards that landed there.
     if maximize:
         return lo - 0.6 * span, hi + 0.1 * span
@@ -253,6 +256,9 @@ def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> b
         ax.scatter([r["id"] for r in failed], [y_edge] * len(failed), transform=trans, marker="x", s=40,
                    color="#cf222e", lw=1.6, zorder=4, clip_on=False)
 
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(-0.8, x_hi)
     ax.set_ylim(ylo, yhi)
     ax.set_xlabel("experiment #")
@@ -288,7 +294,7 @@ def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> b
             handles.append(Patch(color="#1f6feb", alpha=0.15, label="baseline ± 2·noise"))
     if failed:
         handles.append(Line2D([], [], marker="x", ls="", color="#cf222e", lw=1.6, label="crash / timeout"))
-    ax.legend(handles=handles, loc="upper right" if maximize else "lower left", fontsize=8.5, frameon=True,
+    ax.legend(handles=handles, loc="upper left" if maximize else "lower left", fontsize=8.5, frameon=True,
               framealpha=0.9, edgecolor="#d0d7de")
 
     fig.tight_layout()

@@ -1,0 +1,110 @@
+"""Progress chart, HTML report, status table and summary from synthetic ledger records."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import pytest
+from rich.console import Console
+
+from autoresearch.report import status_table, summarize, summary_lines, write_progress_png, write_report_html
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HEADER = {"tag": "nov26", "branch": "autoresearch/nov26", "metric": "val_loss", "goal": "minimize"}
+
+
+def rec(i: int, status: str, metric: float | None, description: str = "", **extra) -> dict:
+    return {"kind": "experiment", "id": i, "status": status, "metric": metric, "description": description or f"change {i}",
+            "proposer": "tune", "commit": f"{i:040x}", "reason": f"reason {i}", "delta": None, **extra}
+
+
+def full_run() -> list[dict]:
+    records = [rec(0, "baseline", 1.0, "baseline", noise=0.02, runs=[{}, {}, {}])]
+    best = 1.0
+    for i in range(1, 30):
+        if i in (4, 11, 19):
+            best -= 0.1
+            records.append(rec(i, "keep", best, f"LEARNING_RATE 0.{i} -> 0.{i + 1}, a <long> & 'quoted' description that goes on", delta=-0.1))
+        elif i in (7, 23):
+            records.append(rec(i, "crash", None, log_tail="Traceback..."))
+        elif i == 15:
+            records.append(rec(i, "timeout", None))
+        elif i == 16:
+            records.append(rec(i, "invalid", None))
+        else:
+            records.append(rec(i, "discard", best + 0.05 * (i % 5) + (5.0 if i == 9 else 0.0), delta=0.05))
+    records[5]["proposal"] = {"cost_usd": 0.25}
+    return records
+
+
+CASES = {
+    "full": full_run(),
+    "no_keeps": [rec(0, "baseline", 2.0, noise=0.1)] + [rec(i, "discard", 2.0 + i / 10) for i in range(1, 6)],
+    "only_baseline": [rec(0, "baseline", 0.5, noise=0.0)],
+    "baseline_without_noise": [rec(0, "baseline", 0.5)] + [rec(1, "crash", None)],
+    "all_crashes": [rec(0, "baseline", 3.0, noise=0.01)] + [rec(i, "crash", None) for i in range(1, 4)],
+    "empty": [],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("goal", ["minimize", "maximize"])
+def test_progress_png_is_a_valid_image(tmp_path, case, goal):
+    from matplotlib.image import imread
+
+    path = write_progress_png(CASES[case], "val_loss", goal, tmp_path / "out" / "progress.png")
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    img = imread(path)
+    assert img.shape[0] > 400 and img.shape[1] > 800
+    assert not (tmp_path / "out" / "progress.png.tmp").exists()
+
+
+def test_report_html_is_self_contained(tmp_path):
+    records = CASES["full"]
+    path = write_report_html(records, HEADER, tmp_path / "report.html")
+    page = path.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    m = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert m and base64.b64decode(m.group(1)).startswith(PNG_MAGIC)
+    assert page.count("<tr class=") == len(records)
+    assert "&lt;long&gt; &amp; &#x27;quoted&#x27;" in page and "<long>" not in page
+    assert 'class="status" style="background:#1a7f37">keep<' in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    for case in ("only_baseline", "empty"):
+        write_report_html(CASES[case], {}, tmp_path / f"{case}.html")
+
+
+def test_summary():
+    s = summarize(CASES["full"])
+    assert s.baseline == 1.0 and s.noise == 0.02 and s.baseline_runs == 3
+    assert s.best == pytest.approx(0.7) and s.best_id == 19
+    assert s.improvement == pytest.approx(-0.3) and s.relative == pytest.approx(-0.3)
+    assert s.counts == {"baseline": 1, "keep": 3, "crash": 2, "timeout": 1, "invalid": 1, "discard": 22}
+    assert s.experiments == 29 and s.cost_usd == 0.25
+    lines = summary_lines(CASES["full"], HEADER)
+    text = "\n".join(lines)
+    assert "run nov26 on autoresearch/nov26: val_loss (minimize)" in text
+    assert "baseline: val_loss 1 ± 0.02 (3 runs)" in text
+    assert "at experiment 19" in text and "-30.00%" in text
+    assert "29 (3 keep, 22 discard, 2 crash, 1 timeout, 1 invalid)" in text
+    assert "proposer cost: $0.25" in text
+    assert "no kept improvement" in "\n".join(summary_lines(CASES["only_baseline"], HEADER))
+    assert "not measured yet" in "\n".join(summary_lines([], HEADER))
+
+
+def test_status_table_plain_when_piped():
+    table = status_table(CASES["full"], "val_loss", last=5)
+    assert table.row_count == 5
+    buf = io.StringIO()
+    Console(file=buf, width=120, force_terminal=False).print(table)
+    out = buf.getvalue()
+    assert "\x1b[" not in out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert "val_loss" in lines[0] and len(lines) == 6
+    assert lines[-1].split()[:2] == ["29", "discard"]
+    colored = io.StringIO()
+    Console(file=colored, width=120, force_terminal=True, color_system="standard").print(status_table(CASES["full"][:5], "val_loss"))
+    assert "\x1b[" in colored.getvalue()

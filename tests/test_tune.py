@@ -1,0 +1,290 @@
+"""The `tune` proposer: search ranges, overrides, valid proposals, rebuilding from the ledger."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autoresearch.config import SpaceSpec, parse_config
+from autoresearch.errors import ConfigError, ProposalInvalid
+from autoresearch.knobs import find_knobs
+from autoresearch.proposers import Context, create
+from autoresearch.proposers.tune import TuneProposer, build_space, default_dim
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TRAIN = '''\
+import os
+
+# knobs
+LEARNING_RATE = 0.01  # step size
+HIDDEN = 64
+LAYERS = 3
+DROPOUT = 0.0
+SHIFT = -0.5
+TOKENS = 2**16  # per step
+
+print("hello")
+'''
+
+
+def config(space: dict | None = None, seed: int | None = 0, sampler: str = "tpe", goal: str = "minimize"):
+    return parse_config(
+        {
+            "experiment": {"run": "python train.py", "editable": ["train.py"]},
+            "metric": {"name": "loss", "goal": goal},
+            "proposer": {"kind": "tune", "seed": seed, "sampler": sampler, "space": space or {}},
+        },
+        Path("autoresearch.toml"),
+    )
+
+
+def sha(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def baseline_record(text: str, metric: float = 1.0) -> dict:
+    return {"kind": "experiment", "id": 0, "status": "baseline", "metric": metric, "noise": 0.01,
+            "parent": sha(text), "commit": sha(text), "proposer": "baseline", "proposal": {}}
+
+
+def context(cfg, files: dict[str, str], history: list[dict], best: dict, exp_id: int) -> Context:
+    return Context(config=cfg, root=Path("."), worktree=Path("."), files=dict(files), history=list(history),
+                   best=best, noise=0.01, run_dir=Path("."), experiment_id=exp_id)
+
+
+def knob_values(text: str) -> dict:
+    return {k.key: k.value for k in find_knobs({"train.py": text})}
+
+
+def test_default_ranges():
+    dims = build_space(find_knobs({"train.py": TRAIN}), {})
+    lr, hidden, layers, dropout, shift, tokens = (dims[k] for k in ("LEARNING_RATE", "HIDDEN", "LAYERS", "DROPOUT", "SHIFT", "TOKENS"))
+    assert (lr.kind, lr.log) == ("float", True) and math.isclose(lr.low, 0.001) and math.isclose(lr.high, 0.1)
+    # powers of two stay powers of two: the exponent is searched, x4 each way
+    assert (hidden.kind, hidden.low, hidden.high) == ("pow", 4, 8) and hidden.value(8) == 256
+    assert (tokens.kind, tokens.low, tokens.high, tokens.base) == ("pow", 14, 18, 2)
+    assert (layers.kind, layers.low, layers.high, layers.log) == ("int", 1, 12, True)
+    assert (dropout.kind, dropout.low, dropout.high, dropout.log) == ("float", 0.0, 1.0, False)
+    # negative floats: log range over the magnitude, sign kept
+    assert shift.negate and math.isclose(shift.low, 0.05) and math.isclose(shift.high, 5.0) and shift.value(1.0) == -1.0
+    assert shift.param(-0.5) == 0.5 and shift.param(0.5) is None
+
+
+def test_space_overrides():
+    knobs = find_knobs({"train.py": TRAIN})
+    space = {
+        "LEARNING_RATE": SpaceSpec(low=1e-4, high=1.0),
+        "HIDDEN": SpaceSpec(low=16, high=1024),
+        "LAYERS": SpaceSpec(choices=[2, 4, 6]),
+        "DROPOUT": SpaceSpec(exclude=True),
+        "SHIFT": SpaceSpec(low=-2.0, high=2.0),
+        "TOKENS": SpaceSpec(high=2**20, log=False),
+    }
+    dims = build_space(knobs, space)
+    assert "DROPOUT" not in dims
+    assert (dims["LEARNING_RATE"].low, dims["LEARNING_RATE"].high, dims["LEARNING_RATE"].log) == (1e-4, 1.0, True)
+    assert (dims["HIDDEN"].kind, dims["HIDDEN"].low, dims["HIDDEN"].high) == ("pow", 4, 10)
+    assert dims["LAYERS"].kind == "choice" and dims["LAYERS"].choices == (2, 4, 6)
+    assert (dims["SHIFT"].kind, dims["SHIFT"].log, dims["SHIFT"].negate) == ("float", False, False)
+    tokens = dims["TOKENS"]
+    assert (tokens.kind, tokens.low, tokens.high) == ("int", 2**14, 2**20)  # log = false: every integer
+
+
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({"NOPE": SpaceSpec(low=1, high=2)}, ["[proposer.space.NOPE]", "names no knob", "LEARNING_RATE"]),
+        ({"LEARNING_RATE": SpaceSpec(low=0.5, high=0.1)}, ["[proposer.space.LEARNING_RATE]", "must be below high"]),
+        ({"SHIFT": SpaceSpec(low=-1, high=1, log=True)}, ["[proposer.space.SHIFT]", "log = true"]),
+        ({"LAYERS": SpaceSpec(choices=["a", "b"])}, ["[proposer.space.LAYERS]", "must be numbers"]),
+        ({"HIDDEN": SpaceSpec(low=40, high=60)}, ["[proposer.space.HIDDEN]", "powers of 2"]),
+    ],
+)
+def test_bad_space_is_a_config_error_naming_the_table(space, words):
+    with pytest.raises(ConfigError) as err:
+        build_space(find_knobs({"train.py": TRAIN}), space)
+    msg = str(err.value)
+    assert msg.startswith("autoresearch.toml")
+    for word in words:
+        assert word in msg
+
+
+def run_synthetic(prop: TuneProposer, cfg, text: str, n: int, score) -> tuple[list[dict], str]:
+    """Drive the proposer like the loop does, scoring each candidate with SCORE(values) (None = crash)."""
+    files = {"train.py": text}
+    base = baseline_record(text, score(knob_values(text)))
+    history, best = [base], base
+    for i in range(1, n + 1):
+        p = prop.propose(context(cfg, files, history, best, i))
+        new = p.edits["train.py"]
+        metric = score(knob_values(new))
+        better = metric is not None and (metric - best["metric"] if cfg.maximize else best["metric"] - metric) > 0.02
+        status = "crash" if metric is None else ("keep" if better else "discard")
+        rec = {"kind": "experiment", "id": i, "status": status, "metric": metric, "parent": best["commit"],
+               "commit": sha(new), "proposer": "tune", "proposal": p.meta, "description": p.description}
+        history.append(rec)
+        prop.observe(rec)
+        if status == "keep":
+            files, best = {"train.py": new}, rec
+    return history, files["train.py"]
+
+
+def quadratic(v: dict) -> float | None:
+    if v["LEARNING_RATE"] > 0.08:
+        return None  # "diverged"
+    return (math.log10(v["LEARNING_RATE"]) + 1.5) ** 2 + (math.log2(v["HIDDEN"]) - 7) ** 2 / 4 + 0.1 * v["LAYERS"]
+
+
+def test_proposals_are_valid_changed_code_within_range():
+    cfg = config()
+    prop = TuneProposer(cfg, [])
+    files = {"train.py": TRAIN}
+    base = baseline_record(TRAIN)
+    dims = build_space(find_knobs(files), {})
+    seen = set()
+    for i in range(1, 8):
+        p = prop.propose(context(cfg, files, [base], base, i))
+        new = p.edits["train.py"]
+        ast.parse(new)
+        assert new != TRAIN and new not in seen
+        seen.add(new)
+        # Only the literals changed: the same lines, comments and statements.
+        for old_line, new_line in zip(TRAIN.splitlines(), new.splitlines(), strict=True):
+            if old_line != new_line:
+                name = old_line.split("=")[0].strip()
+                assert new_line.startswith(f"{name} = ") and ("#" in old_line) == ("#" in new_line)
+        values = knob_values(new)
+        for key, dim in dims.items():
+            assert dim.param(values[key]) is not None, (key, values[key])
+        assert values["HIDDEN"] & (values["HIDDEN"] - 1) == 0
+        assert p.meta["params"] == {k: values[k] for k in dims}
+        assert p.meta["base"] == knob_values(TRAIN)
+        for part in p.description.split(", "):
+            name, old, arrow, new_text = part.split(" ")
+            assert arrow == "->" and old != new_text and name in dims
+        prop.observe({"kind": "experiment", "id": i, "status": "discard", "metric": 2.0 + i, "parent": base["commit"],
+                      "commit": sha(new), "proposal": p.meta})
+
+
+def test_tune_improves_a_synthetic_objective_and_tells_crashes():
+    cfg = config(seed=3)
+    prop = TuneProposer(cfg, [])
+    history, best_text = run_synthetic(prop, cfg, TRAIN, 25, quadratic)
+    assert any(r["status"] == "keep" for r in history)
+    study = prop._study
+    states = [t.state.name for t in study.trials]
+    crashes = sum(r["status"] == "crash" for r in history)
+    assert states.count("FAIL") >= crashes
+    assert quadratic(knob_values(best_text)) < quadratic(knob_values(TRAIN))
+
+
+def test_rebuilds_from_ledger_history_and_never_repeats_it():
+    cfg = config(seed=1)
+    live = TuneProposer(cfg, [])
+    history, best_text = run_synthetic(live, cfg, TRAIN, 12, quadratic)
+    # A new proposer (a resumed run) sees the same ledger: every experiment becomes a trial.
+    resumed = TuneProposer(cfg, history)
+    best = [r for r in history if r["status"] in ("baseline", "keep")][-1]
+    p = resumed.propose(context(cfg, {"train.py": best_text}, history, best, len(history)))
+    trials = resumed._study.trials
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "FAIL")]
+    # The baseline and 12 experiments, minus those outside the (re-centred) current ranges.
+    in_space = 0
+    dims = build_space(find_knobs({"train.py": best_text}), {})
+    for r in history:
+        vec = dict(r["proposal"].get("base", {}))
+        vec.update(r["proposal"].get("params", {}))
+        if r["status"] == "baseline":
+            vec = knob_values(TRAIN)
+        in_space += all(dims[k].param(vec[k]) is not None for k in dims)
+    assert len(finished) >= in_space
+    assert sum(t.state.name == "FAIL" for t in finished) == sum(
+        r["status"] == "crash" for r in history
+        if all(dims[k].param({**r["proposal"].get("base", {}), **r["proposal"].get("params", {})}.get(k, 0)) is not None for k in dims)
+        and r["status"] != "baseline")
+    tried = {json.dumps({**r["proposal"].get("base", {}), **r["proposal"].get("params", {})}, sort_keys=True) for r in history}
+    assert json.dumps(p.meta["params"], sort_keys=True) not in tried
+
+
+def test_same_seed_same_proposals():
+    def first_three(seed):
+        cfg = config(seed=seed)
+        history, _ = run_synthetic(TuneProposer(cfg, []), cfg, TRAIN, 3, quadratic)
+        return [r["description"] for r in history[1:]]
+
+    assert first_three(5) == first_three(5)
+    assert first_three(5) != first_three(6)
+
+
+def test_never_a_no_op_and_exhaustion_is_invalid():
+    text = "A = 1\nB = 0.5\n"
+    cfg = config(space={"A": SpaceSpec(choices=[1, 2]), "B": SpaceSpec(exclude=True)})
+    prop = TuneProposer(cfg, [])
+    base = baseline_record(text)
+    p = prop.propose(context(cfg, {"train.py": text}, [base], base, 1))
+    assert p.edits == {"train.py": "A = 2\nB = 0.5\n"} and p.description == "A 1 -> 2"
+    rec = {"kind": "experiment", "id": 1, "status": "discard", "metric": 2.0, "parent": base["commit"],
+           "commit": sha(p.edits["train.py"]), "proposal": p.meta}
+    prop.observe(rec)
+    with pytest.raises(ProposalInvalid, match="already tried"):
+        prop.propose(context(cfg, {"train.py": text}, [base, rec], base, 2))
+
+
+def test_no_knobs_is_a_clear_error():
+    cfg = config()
+    prop = TuneProposer(cfg, [])
+    base = baseline_record("x = 1\n")
+    with pytest.raises(ConfigError, match="no knobs"):
+        prop.propose(context(cfg, {"train.py": "x = compute()\n"}, [base], base, 1))
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes"])
+def test_other_samplers(sampler):
+    if sampler == "cmaes":
+        pytest.importorskip("cmaes")
+    cfg = config(sampler=sampler, seed=2, goal="maximize")
+    prop = TuneProposer(cfg, [])
+    history, _ = run_synthetic(prop, cfg, TRAIN, 6, lambda v: -(quadratic(v) or 99))
+    assert prop._study.direction.name == "MAXIMIZE"
+    assert len({r["description"] for r in history[1:]}) == len(history) - 1
+
+
+def test_optuna_is_silent(capfd):
+    cfg = config(seed=0)
+    prop = create(cfg, [])
+    assert prop.name == "tune"
+    run_synthetic(prop, cfg, TRAIN, 4, lambda v: None)  # every experiment crashes: told as failures
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_tune_runs_the_quickstart_through_the_loop(tmp_path):
+    from autoresearch.ledger import Ledger
+    from autoresearch.loop import run_loop
+    from autoresearch.templates import init
+
+    exp = tmp_path / "qs"
+    init(exp, "quickstart")
+    toml = exp / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("# seed = 0 ", "seed = 0   "))
+    import subprocess
+
+    subprocess.run(["git", "commit", "-qam", "seed"], cwd=exp, check=True)
+    summary = run_loop(exp, max_experiments=3)
+    assert summary.experiments == 3
+    records = Ledger(exp / ".autoresearch").experiments()
+    assert [r["status"] for r in records][0] == "baseline"
+    tuned = records[1:]
+    assert all(r["proposer"] == "tune" and r["proposal"]["params"] for r in tuned)
+    assert all(r["status"] in ("keep", "discard", "crash") for r in tuned)
+    # Resume: a new session continues with more proposals and never repeats code.
+    run_loop(exp, max_experiments=1)
+    records = Ledger(exp / ".autoresearch").experiments()
+    assert len(records) == 5 and len({r["tree"] for r in records}) == 5

@@ -73,7 +73,8 @@ def main() -> None:
                 samples[name].append(one(spec, env))
 
     cap = "cgroup pids.max" if sandbox._pids_cgroup_parent() else ("RLIMIT_NPROC" if os.geteuid() else "none")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, uid {os.geteuid()}, process cap via: {cap}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, uid {os.geteuid()}, process cap via: {cap}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'mode':<15}{'median ms':>11}{'p90 ms':>9}{'overhead vs none (median) ms':>31}")
     base = statistics.median(samples["none"])
     for name, xs in samples.items():

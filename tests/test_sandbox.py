@@ -607,3 +607,21 @@ def test_caches_point_into_the_sandbox_tmp(wt):
     assert got["TRITON_CACHE_DIR"].startswith("/tmp/") and got["MPLCONFIGDIR"].startswith("/tmp/")
     got = run(SandboxSpec(mode="bwrap", workdir=wt), code, {"TRITON_CACHE_DIR": str(wt / "tc")})
     assert got["TRITON_CACHE_DIR"] == str(wt / "tc")
+
+
+def test_cgroup_discovery_across_layouts():
+    v1 = "39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n"
+    v2 = "30 23 0:27 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    hybrid_v2 = "40 31 0:37 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"
+    find = sandbox._pids_cgroup_candidates
+    # cgroup v1 (this kind of host): our own pids cgroup, root or nested.
+    assert find(v1, "8:pids:/\n0::/\n") == [(Path("/sys/fs/cgroup/pids"), 1)]
+    assert find(v1, "8:pids:/user.slice\n") == [(Path("/sys/fs/cgroup/pids/user.slice"), 1)]
+    # Hybrid: v1 pids first, then the unified root.
+    assert find(v1 + hybrid_v2, "8:pids:/\n0::/\n") == [
+        (Path("/sys/fs/cgroup/pids"), 1), (Path("/sys/fs/cgroup/unified"), 2)]
+    # Pure v2 (systemd hosts): the root of the hierarchy, wherever we sit in it.
+    assert find(v2, "0::/user.slice/user-1000.slice/session-3.scope\n") == [(Path("/sys/fs/cgroup"), 2)]
+    # A container that sees only a sub-tree of the hierarchy (mount root not "/"): no candidate.
+    assert find("30 23 0:27 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n", "0::/\n") == []
+    assert find("", "") == []

@@ -343,12 +343,35 @@ class _PidsCgroup:
 def _pids_cgroup_parent() -> tuple[Path, int] | None:
     """Where this process may create a pids-limited child cgroup, and the cgroup version."""
     try:
-        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
-        own = Path("/proc/self/cgroup").read_text().splitlines()
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        own = Path("/proc/self/cgroup").read_text()
     except OSError:
         return None
+    for base, version in _pids_cgroup_candidates(mountinfo, own):
+        if version == 1:
+            if os.access(base, os.W_OK):
+                return base, 1
+            continue
+        try:
+            if "pids" not in (base / "cgroup.controllers").read_text().split():
+                continue
+            # Only the root may hold processes and enable controllers for its children.
+            control = base / "cgroup.subtree_control"
+            if "pids" not in control.read_text().split():
+                control.write_text("+pids")
+        except OSError:
+            continue
+        if os.access(base, os.W_OK):
+            return base, 2
+    return None
+
+
+def _pids_cgroup_candidates(mountinfo: str, own: str) -> list[tuple[Path, int]]:
+    """From /proc/self/mountinfo and /proc/self/cgroup: folders that could hold our child cgroup,
+    best first. v1: our own cgroup in the pids hierarchy (v1 lets a cgroup with processes have
+    children). v2: the root of the unified hierarchy (only the root may, so our own cgroup can't)."""
     v1_mount = v2_mount = None
-    for line in mountinfo:
+    for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
         fields, rfields = left.split(), right.split()
         if len(fields) < 5 or len(rfields) < 3:
@@ -358,33 +381,22 @@ def _pids_cgroup_parent() -> tuple[Path, int] | None:
         elif rfields[0] == "cgroup2":
             v2_mount = (Path(fields[4]), fields[3])
     own_v1 = own_v2 = None
-    for line in own:
+    for line in own.splitlines():
         hid, _, rest = line.partition(":")
         ctrls, _, cg = rest.partition(":")
         if "pids" in ctrls.split(","):
             own_v1 = cg
         elif hid == "0" and ctrls == "":
             own_v2 = cg
+    found = []
     if v1_mount and own_v1 is not None:
         mount, root = v1_mount
         rel = os.path.relpath(own_v1, root)  # our cgroup, relative to what this mount shows
-        base = mount if rel == "." else mount / rel
-        if not rel.startswith("..") and os.access(base, os.W_OK):
-            return base, 1
-    if v2_mount and own_v2 is not None:
-        mount, _ = v2_mount
-        try:
-            if "pids" not in (mount / "cgroup.controllers").read_text().split():
-                return None
-            # Only the root may hold processes and enable controllers for its children.
-            control = mount / "cgroup.subtree_control"
-            if "pids" not in control.read_text().split():
-                control.write_text("+pids")
-        except OSError:
-            return None
-        if os.access(mount, os.W_OK):
-            return mount, 2
-    return None
+        if not rel.startswith(".."):
+            found.append((mount if rel == "." else mount / rel, 1))
+    if v2_mount and own_v2 is not None and v2_mount[1] == "/":
+        found.append((v2_mount[0], 2))
+    return found
 
 
 # --- bubblewrap -------------------------------------------------------------------------------------

@@ -625,3 +625,28 @@ def test_cgroup_discovery_across_layouts():
     # A container that sees only a sub-tree of the hierarchy (mount root not "/"): no candidate.
     assert find("30 23 0:27 /docker/abc /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n", "0::/\n") == []
     assert find("", "") == []
+
+
+def test_cgroups_of_a_dead_harness_are_reaped(wt):
+    """A harness killed with SIGKILL leaves its cgroup (and any escapee in it); the next one reaps it."""
+    parent = sandbox._pids_cgroup_parent()
+    if parent is None:
+        pytest.skip("no writable cgroup pids controller here")
+    # A short-lived process stands in for the dead harness: its pid names the cgroup.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = parent[0] / f"autoresearch-{dead.pid}-deadbeef0000"
+    stale.mkdir()
+    orphan = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        (stale / "cgroup.procs").write_text(str(orphan.pid))
+        fresh = sandbox._PidsCgroup.create(16)
+        assert fresh is not None
+        fresh.destroy()
+        assert not stale.exists()
+        assert orphan.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        orphan.kill()
+        orphan.wait()
+        if stale.exists():
+            stale.rmdir()

@@ -76,6 +76,7 @@ _GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
 # read-only: `evaluate` may read data from it that `run` must not be able to rewrite.
 _BWRAP_CACHE_ENV = {"TRITON_CACHE_DIR": "/tmp/.cache/triton", "MPLCONFIGDIR": "/tmp/.cache/matplotlib"}
 
+_CGROUP_PREFIX = "autoresearch-"  # then "<harness pid>-<random>"
 _MASK_TMPFS_BYTES = 1 << 20  # a hidden folder becomes an empty tmpfs; writes to it go nowhere useful
 _BWRAP_OWN_PROCS = 3  # bwrap's outer process and its pid-1 reaper count against the process cap
 
@@ -291,7 +292,8 @@ class _PidsCgroup:
         parent = _pids_cgroup_parent()
         if parent is None:
             return None
-        path, version = parent[0] / f"autoresearch-{os.getpid()}-{uuid.uuid4().hex[:12]}", parent[1]
+        cls._reap_stale(*parent)
+        path, version = parent[0] / f"{_CGROUP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}", parent[1]
         try:
             path.mkdir()
         except OSError:
@@ -302,6 +304,25 @@ class _PidsCgroup:
             cls(path, version).destroy()
             return None
         return cls(path, version)
+
+    @classmethod
+    def _reap_stale(cls, parent: Path, version: int) -> None:
+        """Remove cgroups left by a harness that died (SIGKILL, power loss), killing what they hold."""
+        try:
+            names = [e.name for e in os.scandir(parent) if e.name.startswith(_CGROUP_PREFIX) and e.is_dir()]
+        except OSError:
+            return
+        for name in names:
+            try:
+                owner = int(name[len(_CGROUP_PREFIX):].split("-", 1)[0])
+                os.kill(owner, 0)
+                continue  # its harness is alive
+            except ValueError:
+                continue
+            except ProcessLookupError:
+                cls(parent / name, version).destroy()
+            except OSError:
+                continue
 
     def pids(self) -> list[int]:
         try:

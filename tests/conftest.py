@@ -46,6 +46,7 @@ budget = "{budget}"
 timeout = "{timeout}"
 editable = ["train.py"]
 protected = {protected}
+sandbox = "{sandbox}"
 
 [metric]
 name = "score"
@@ -60,7 +61,7 @@ min_delta = {min_delta}
 def make_experiment(path: Path, *, x: float = 3.0, run: str = "python train.py", evaluate: str = "",
                     budget: str = "10s", timeout: str = "30s", baseline_runs: int = 2, min_delta: str = '"auto"',
                     protected: list[str] | None = None, files: dict[str, str] | None = None,
-                    train: str | None = None) -> Path:
+                    train: str | None = None, sandbox: str = "none") -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "train.py").write_text(train if train is not None else TRAIN_PY.format(x=x))
     for name, text in (files or {}).items():
@@ -69,7 +70,7 @@ def make_experiment(path: Path, *, x: float = 3.0, run: str = "python train.py",
     prot = protected if protected is not None else sorted(files or {})
     (path / "autoresearch.toml").write_text(TOML.format(
         run=run, evaluate=evaluate, budget=budget, timeout=timeout, baseline_runs=baseline_runs,
-        min_delta=min_delta, protected="[" + ", ".join(f'"{p}"' for p in prot) + "]"))
+        min_delta=min_delta, sandbox=sandbox, protected="[" + ", ".join(f'"{p}"' for p in prot) + "]"))
     git(path, "init", "-q", "-b", "main")
     git(path, "add", "-A")
     git(path, "commit", "-q", "-m", "experiment")

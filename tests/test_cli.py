@@ -172,8 +172,9 @@ def test_resume_after_sigkill_of_the_harness(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "SLEEP": "0"}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "interrupted" in res.stderr + res.stdout
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pgid, 0)  # the orphaned experiment was killed
+    from autoresearch.runner import group_alive
+
+    assert not group_alive(pgid)  # the orphaned experiment was killed (zombies awaiting init don't count)
     recs = [r for r in ledger_lines(root) if r["kind"] == "experiment"]
     assert [r["id"] for r in recs] == [0, 1, 2]
     assert recs[1]["status"] == "interrupted" and recs[2]["status"] != "interrupted"

@@ -24,7 +24,7 @@ def test_bad_durations(bad):
 
 def test_defaults(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
-    assert cfg.experiment.budget == 300 and cfg.experiment.timeout == 600
+    assert cfg.experiment.budget == 300 and cfg.experiment.timeout == 600 and cfg.experiment.sandbox == "auto"
     assert cfg.metric.name == "val_bpb" and cfg.metric.goal == "minimize"
     assert cfg.judge.baseline_runs == 3 and cfg.judge.min_delta == "auto" and cfg.proposer.kind == "tune"
 

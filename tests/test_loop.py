@@ -298,3 +298,48 @@ def test_ledger_records_are_chained_and_signed(exp):
     assert header["kind"] == "start" and len(header["public_key"]) == 64
     assert first["prev"] != "0" * 64 and first["sig"]
     assert header["host"]["cores"] if "cores" in header["host"] else header["host"]
+
+
+def test_bwrap_sandbox_hides_ledger_key_and_hidden_files_from_run(tmp_path):
+    from autoresearch.sandbox import bwrap_available
+    from autoresearch.signing import key_dir
+
+    if not bwrap_available():
+        pytest.skip("bubblewrap is not usable on this machine")
+    probe = f'''\
+import os, socket
+X = 3.0
+seen = []
+for path in ["../ledger.jsonl", "../../ledger.jsonl", {str(key_dir())!r}, "val.txt", {str(tmp_path / "e" / "val.txt")!r}]:
+    try:
+        data = open(path).read() if not os.path.isdir(path) else os.listdir(path)
+        if data:
+            seen.append(path)
+    except OSError:
+        pass
+try:
+    socket.create_connection(("127.0.0.1", 9), timeout=1)
+    seen.append("network")
+except OSError as err:
+    pass
+try:
+    open("prepare.py", "w").write("changed")
+    seen.append("wrote prepare.py")
+except OSError:
+    pass
+print("seen:", seen)
+print("score:", len(seen))
+'''
+    evaluate = "print('score:', 0 if open('val.txt').read() == 'secret answers' else 99)\n"
+    root = make_experiment(tmp_path / "e", train=probe, sandbox="bwrap", baseline_runs=1, evaluate="python evaluate.py",
+                           files={"prepare.py": "P = 1\n", "val.txt": "secret answers", "evaluate.py": evaluate},
+                           protected=["prepare.py", "evaluate.py"])
+    text = (root / "autoresearch.toml").read_text().replace('protected = ', 'hidden = ["val.txt"]\nprotected = ')
+    (root / "autoresearch.toml").write_text(text)
+    git(root, "commit", "-qam", "hidden")
+    s = open_session(root)
+    rec = s.measure_baseline()  # run must see nothing; evaluate (the protected scorer) can read val.txt
+    log = (root / ".autoresearch/runs/0/run.log").read_text()
+    assert "seen: []" in log, log
+    assert rec["metric"] == 0  # evaluate did read the hidden file
+    assert rec["runs"][0]["sandbox"] == "bwrap" and rec["runs"][0]["enforced"]["no_network"]

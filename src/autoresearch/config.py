@@ -53,7 +53,8 @@ class ExperimentConfig(_Strict):
     editable: list[str]
     protected: list[str] = Field(default_factory=list)
     hidden: list[str] = Field(default_factory=list)  # not visible to `run` under the bwrap sandbox
-    sandbox: Literal["auto", "none", "process", "bwrap"] = "none"
+    # auto: bubblewrap where it works, else process limits with a warning naming what is not enforced
+    sandbox: Literal["auto", "none", "process", "bwrap"] = "auto"
     secrets: list[str] = Field(default_factory=list)  # extra env var names stripped by the sandbox
     max_log_mb: float = 10.0
     budget_grace: float = 0.25  # a run over budget * (1 + grace) + 30 s is `over_budget`

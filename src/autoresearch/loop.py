@@ -29,12 +29,15 @@ from .hostinfo import host_info
 from .ledger import Ledger
 from .progress import Progress
 from .proposers import Context, Proposal, Proposer, create
+from .sandbox import Limits, SandboxSpec
 from .signing import Signer, key_dir
 from .runner import ProcessResult, experiment_env, group_alive, kill_group, run_process
 from .workspace import BRANCH_PREFIX, Candidate, Workspace, git, sha256_file
 
 MAX_RERUNS = 2  # confirmation / plausibility re-runs per experiment
 MAX_DUPLICATE_RETRIES = 3
+SANDBOX_MAX_PROCESSES = 4096  # processes and threads of one experiment (a fork bomb stops here)
+SANDBOX_MAX_FILE_BYTES = 50 * 1024**3  # the largest file an experiment may write
 
 
 def _now() -> str:
@@ -64,6 +67,7 @@ class Session:
         self.progress = progress or Progress(quiet=True)
         self.tag: str | None = None
         self._lock_fh = None
+        self._sandbox_warned = False
 
     # ---- locking ---------------------------------------------------------------------------------
     @contextmanager
@@ -259,12 +263,15 @@ class Session:
             self._update_pending(pgid=pgid)
 
         res = run_process(exp.run, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"run{suffix}.log",
-                          max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid)
+                          max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid,
+                          sandbox=self._sandbox_spec(checkout, artifacts, evaluate=False))
+        self._warn_sandbox(res)
         run_metrics = metric_io.collect(res.output, artifacts)
         step, final, eval_metrics = "run", res, None
         if exp.evaluate.strip() and res.ok:
             eres = run_process(exp.evaluate, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"evaluate{suffix}.log",
-                               max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid)
+                               max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid,
+                               sandbox=self._sandbox_spec(checkout, artifacts, evaluate=True))
             eval_metrics = metric_io.parse_text(eres.output)
             step, final = "evaluate", eres
         metrics = eval_metrics if eval_metrics is not None else run_metrics
@@ -294,6 +301,8 @@ class Session:
             "peak_vram_mb": vram,
             "timed_out": res.timed_out or final.timed_out,
             "metrics": metric_io.jsonable(metrics),
+            "sandbox": res.sandbox,
+            "enforced": res.extra.get("enforced", {}),
             "log_sha256": sha256_file(res.log_path),
             "output_bytes": res.output_bytes,
         }
@@ -302,6 +311,32 @@ class Session:
         if res.interrupted or final.interrupted:
             info["interrupted"] = True
         return Measured(outcome, info, final if not res.ok or final is not res else res, metrics)
+
+    def _sandbox_spec(self, checkout: Path, artifacts: Path, *, evaluate: bool) -> SandboxSpec:
+        """What `run` (or `evaluate`) may see and touch. The ledger, other runs, the signing key and
+        (for `run`) the hidden files are out of sight; protected files are read-only."""
+        exp = self.config.experiment
+        state = self.ws.state
+        hidden = [state / name for name in ("ledger.jsonl", "results.tsv", "pending.json", "lock", "archive", "setup.log")]
+        hidden += [state / "runs", key_dir()]
+        readonly = [self.ws.in_tree(checkout, rel) for rel in self.protected]
+        if not evaluate and exp.hidden:
+            for base in (checkout, self.ws.root):
+                hidden += [self.ws.in_tree(base, rel) for rel in self.ws.expand(exp.hidden, base, key="hidden")]
+        return SandboxSpec(
+            mode=exp.sandbox,
+            workdir=self.ws.in_tree(checkout),
+            writable=[artifacts],
+            readonly=readonly,
+            hidden=[p for p in hidden if p.exists()],
+            secrets=list(exp.secrets),
+            limits=Limits(nproc=SANDBOX_MAX_PROCESSES, fsize=SANDBOX_MAX_FILE_BYTES),
+        )
+
+    def _warn_sandbox(self, res: ProcessResult) -> None:
+        if res.sandbox_warning and not self._sandbox_warned:
+            self._sandbox_warned = True
+            self.progress.warn(res.sandbox_warning)
 
     def _guard(self, checkout: Path, editable_hashes: dict, protected_hashes: dict) -> str:
         """What the experiment may not do to its checkout: change protected files, change the code

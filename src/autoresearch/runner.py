@@ -16,9 +16,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import psutil
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sandbox import SandboxSpec
 
 KILL_GRACE_S = 3.0  # SIGTERM first, SIGKILL this long after
 TAIL_LINES = 50
@@ -163,30 +166,32 @@ def run_process(
     timeout: float,
     log_path: Path,
     max_log_bytes: int = 10 * 1024 * 1024,
-    argv: list[str] | None = None,
-    preexec_fn: Callable[[], None] | None = None,
+    sandbox: "SandboxSpec | None" = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
-    """Run `command` (a shell line, or a prepared `argv` from the sandbox) to completion or timeout.
+    """Run the shell line `command`, confined as `sandbox` says, to completion or timeout.
 
     `on_start(pgid)` lets the caller note the process group, so a restarted harness can kill a tree
     left behind by a crash. Ctrl-C kills the group and returns `interrupted=True` rather than raising.
     """
+    from .sandbox import SandboxSpec, prepare
+
+    prepared = prepare(sandbox or SandboxSpec(mode="none", workdir=cwd), command, env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = _CappedLog(log_path, max_log_bytes)
 
     def _pre() -> None:
         _die_with_parent()
-        if preexec_fn is not None:
-            preexec_fn()
+        if prepared.preexec_fn is not None:
+            prepared.preexec_fn()
 
     start_wall = time.time()
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            argv or ["/bin/sh", "-c", command],
+            prepared.argv,
             cwd=cwd,
-            env=env,
+            env=prepared.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -194,9 +199,11 @@ def run_process(
             preexec_fn=_pre,
         )
     except OSError as err:
+        prepared.cleanup()
         log.write(f"autoresearch: could not start {command!r}: {err}\n".encode())
         text, _ = log.close()
-        return ProcessResult(command, 127, 0.0, 0.0, log_path, text, start=start_wall, end=time.time())
+        return ProcessResult(command, 127, 0.0, 0.0, log_path, text, start=start_wall, end=time.time(),
+                             sandbox=prepared.mode, sandbox_warning=prepared.warning)
     pgid = proc.pid
     if on_start:
         on_start(pgid)
@@ -240,6 +247,7 @@ def run_process(
     if group_alive(pgid):
         kill_group(pgid, grace=0.5)
     reader.join(timeout=5)
+    prepared.cleanup()
     wall = time.monotonic() - start
     try:
         import resource
@@ -264,4 +272,7 @@ def run_process(
         truncated=truncated,
         start=start_wall,
         end=time.time(),
+        sandbox=prepared.mode,
+        sandbox_warning=prepared.warning,
+        extra={"enforced": prepared.enforced, "stripped_env": prepared.stripped},
     )

@@ -52,7 +52,9 @@ class ExperimentConfig(_Strict):
     timeout: float = 600.0
     editable: list[str]
     protected: list[str] = Field(default_factory=list)
-    hidden: list[str] = Field(default_factory=list)  # not visible to `run` under the bwrap sandbox
+    # Not visible to `run` under the bwrap sandbox (visible to `evaluate`): files in the folder, or
+    # paths outside it starting with /, ~ or $VAR (globs allowed), e.g. a cached validation split.
+    hidden: list[str] = Field(default_factory=list)
     # auto: bubblewrap where it works, else process limits with a warning naming what is not enforced
     sandbox: Literal["auto", "none", "process", "bwrap"] = "auto"
     secrets: list[str] = Field(default_factory=list)  # extra env var names stripped by the sandbox

@@ -9,6 +9,7 @@ everything else.
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -321,8 +322,12 @@ class Session:
         hidden += [state / "runs", key_dir()]
         readonly = [self.ws.in_tree(checkout, rel) for rel in self.protected]
         if not evaluate and exp.hidden:
-            for base in (checkout, self.ws.root):
-                hidden += [self.ws.in_tree(base, rel) for rel in self.ws.expand(exp.hidden, base, key="hidden")]
+            outside = [h for h in exp.hidden if h.startswith(("/", "~", "$"))]
+            inside = [h for h in exp.hidden if h not in outside]
+            for entry in outside:  # data outside the folder, e.g. a cached validation split
+                hidden += [Path(p) for p in glob.glob(os.path.expandvars(os.path.expanduser(entry)))]
+            for base in (checkout, self.ws.root) if inside else ():
+                hidden += [self.ws.in_tree(base, rel) for rel in self.ws.expand(inside, base, key="hidden")]
         return SandboxSpec(
             mode=exp.sandbox,
             workdir=self.ws.in_tree(checkout),

@@ -9,11 +9,16 @@ returns one of those. A request with the wrong key gets 401 and does not consume
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import subprocess
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -192,3 +197,42 @@ class ScriptedLLMServer:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+# --- an experiment to drive end to end ---------------------------------------------------------
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
+
+
+def quickstart_copy(dest: Path, proposer_toml: str, baseline_runs: int = 1) -> Path:
+    """examples/quickstart committed in its own git repo at DEST, with [proposer] replaced."""
+    shutil.copytree(QUICKSTART, dest, ignore=shutil.ignore_patterns(".autoresearch", "__pycache__", "*.npy", "*.npz"))
+    toml = (dest / "autoresearch.toml").read_text()
+    toml = re.sub(r"\[proposer\].*", "[proposer]\n" + proposer_toml.strip() + "\n", toml, flags=re.DOTALL)
+    toml = re.sub(r"baseline_runs = \d+", f"baseline_runs = {baseline_runs}", toml)
+    (dest / "autoresearch.toml").write_text(toml)
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {**os.environ, **env}
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "quickstart"]):
+        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True, env=env)
+    return dest
+
+
+def current_file(body: dict[str, Any], path: str) -> str:
+    """The text of an editable file as the prompt (first user message) shows it."""
+    first = next(m["content"] for m in body["messages"] if m["role"] == "user")
+    m = re.search(r"^## " + re.escape(path) + r"\n(`{3,})\w*\n(.*?)^\1$", first, flags=re.DOTALL | re.MULTILINE)
+    if not m:
+        raise AssertionError(f"{path} not in the prompt")
+    return m.group(2)
+
+
+def knob_edit(body: dict[str, Any], name: str, factor: float, path: str = "train.py") -> str:
+    """A search/replace reply that scales the knob NAME of the current file by FACTOR."""
+    text = current_file(body, path)
+    line = next(ln for ln in text.splitlines() if re.match(rf"{name}\s*=", ln))
+    value = re.match(rf"{name}\s*=\s*([-0-9.e]+)", line).group(1)
+    new = float(value) * factor
+    new_text = str(int(round(new))) if re.fullmatch(r"-?\d+", value) else f"{new:.6g}"
+    new_line = line.replace(value, new_text, 1)
+    return f"DESCRIPTION: {name} {value} -> {new_text}\n\n{path}\n<<<<<<< SEARCH\n{line}\n=======\n{new_line}\n>>>>>>> REPLACE\n"

@@ -219,3 +219,49 @@ def test_config_errors_are_one_sentence(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(UserError, match="`codex` command, which is not on PATH"):
         AgentProposer(make_config(agent="codex"), [])
+
+
+QUICKSTART_AGENT = r'''
+import re, sys
+from pathlib import Path
+prompt = Path(sys.argv[1]).read_text()
+n = int(re.search(r"Make experiment #(\d+)", prompt).group(1))
+train = Path("train.py")
+text = train.read_text()
+line = next(ln for ln in text.splitlines() if ln.startswith("LEARNING_RATE"))
+value = float(line.split("=")[1].split("#")[0])
+new = value * [1, 3.0, 1.5, 0.5, 1.2, 0.8][n]
+train.write_text(text.replace(line, f"LEARNING_RATE = {new:.6g}  # Adam step size"))
+if n == 2:  # an over-eager agent also "fixes" the protected data preparation
+    Path("prepare.py").write_text(Path("prepare.py").read_text() + "\n# tweaked by the agent\n")
+    Path("scratch.txt").write_text("notes\n")
+print(f"DESCRIPTION: LEARNING_RATE {value:g} -> {new:.6g}")
+'''
+
+
+def test_loop_on_quickstart_with_agent(tmp_path):
+    from autoresearch.ledger import Ledger
+    from autoresearch.loop import run_loop
+    from autoresearch.progress import Progress
+    from fake_llm_server import quickstart_copy
+
+    script = tmp_path / "agent.py"
+    script.write_text(QUICKSTART_AGENT)
+    root = quickstart_copy(tmp_path / "qs", f'''
+kind = "agent"
+command = "{sys.executable} {script} {{prompt_file}}"
+agent_timeout = "60s"
+''')
+    prepare = (root / "prepare.py").read_text()
+    summary = run_loop(root, max_experiments=5, progress=Progress(quiet=True))
+    assert summary.experiments == 5
+    recs = Ledger(root / ".autoresearch").experiments()
+    assert [r["status"] != "invalid" for r in recs[1:]] == [True] * 5
+    assert recs[1]["description"] == "LEARNING_RATE 0.001 -> 0.003" and recs[1]["proposer"] == "agent"
+    # the protected edit was reverted before the harness saw it, so the experiment itself ran normally
+    assert recs[2]["description"].startswith("LEARNING_RATE") and recs[2]["status"] in ("keep", "discard")
+    assert {v["path"] for v in recs[2]["proposal"]["violations"]} == {"prepare.py", "scratch.txt"}
+    assert all("violations" not in r["proposal"] for r in recs[3:])
+    assert (root / "prepare.py").read_text() == prepare
+    worktree = root / ".autoresearch" / "worktree"
+    assert (worktree / "prepare.py").read_text() == prepare and not (worktree / "scratch.txt").exists()

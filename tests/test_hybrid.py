@@ -120,3 +120,36 @@ def test_llm_failure_is_tagged_and_zero_steps_is_plain_llm(tmp_path):
     prop = hp.propose(ctx(tmp_path, cfg, 2, history))
     hp.observe({"id": 2, "status": "keep"})
     assert prop.meta["via"] == "llm" and hp.remaining == 0
+
+
+def test_loop_on_quickstart_with_hybrid(tmp_path, monkeypatch):
+    from autoresearch.ledger import Ledger
+    from autoresearch.loop import run_loop
+    from autoresearch.progress import Progress
+    from fake_llm_server import ScriptedLLMServer, knob_edit, quickstart_copy, reply
+
+    monkeypatch.setenv("HYBRID_KEY", "k")
+    factors = iter([3.0, 1.5, 1.3, 1.2, 1.1, 0.9])
+    with ScriptedLLMServer(key="k", default=lambda body: reply(knob_edit(body, "LEARNING_RATE", next(factors)))) as srv:
+        root = quickstart_copy(tmp_path / "qs", f'''
+kind = "hybrid"
+model = "scripted"
+base_url = "{srv.openai_base_url}"
+api_key_env = "HYBRID_KEY"
+tune_steps = 2
+seed = 0
+''')
+        summary = run_loop(root, max_experiments=5, progress=Progress(quiet=True))
+    assert summary.experiments == 5
+    recs = Ledger(root / ".autoresearch").experiments()[1:]
+    vias = [r["proposal"]["via"] for r in recs]
+    assert vias[0] == "llm" and all(r["proposer"] == "hybrid" for r in recs)
+    # after every kept llm change the next two experiments (or as many as are left) are tune's
+    for i, r in enumerate(recs):
+        if r["proposal"]["via"] == "llm" and r["status"] == "keep":
+            assert vias[i + 1:i + 3] == ["tune"] * len(vias[i + 1:i + 3])
+    for r in recs:
+        if r["proposal"]["via"] == "tune":
+            assert "params" in r["proposal"] and "usage" not in r["proposal"]
+        else:
+            assert r["proposal"]["usage"]["input_tokens"] > 0

@@ -295,3 +295,83 @@ def test_prompt_without_program_md_uses_template(tmp_path):
     (ctx.root / "program.md").unlink()
     _, user = build_prompt(ctx)
     assert "Simplicity" in user and "small gain bought" in user
+
+
+# --- end to end: the loop on examples/quickstart -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def quickstart_llm_run(tmp_path_factory):
+    """Five experiments of the real loop on a copy of examples/quickstart, the model scripted."""
+    from autoresearch.loop import run_loop
+    from autoresearch.progress import Progress
+    from fake_llm_server import knob_edit, quickstart_copy
+
+    bodies: list[dict] = []
+
+    def seen(fn):
+        def step(body):
+            bodies.append(body)
+            return reply(fn(body))
+        return step
+
+    crash = ("DESCRIPTION: fail fast\n\ntrain.py\n<<<<<<< SEARCH\nt0 = time.time()\n=======\n"
+             "t0 = time.time()\nraise RuntimeError(\"boom: injected failure\")\n>>>>>>> REPLACE\n")
+    script = [
+        seen(lambda b: knob_edit(b, "LEARNING_RATE", 3)),
+        seen(lambda b: "I would try a wider layer."),  # no edits: a repair turn follows
+        seen(lambda b: knob_edit(b, "HIDDEN_SIZE", 2)),
+        seen(lambda b: crash),
+        seen(lambda b: knob_edit(b, "LEARNING_RATE", 0.5)),
+        seen(lambda b: knob_edit(b, "BATCH_SIZE", 0.5)),
+    ]
+    tmp = tmp_path_factory.mktemp("qs-llm")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TEST_LLM_KEY", KEY)
+    mp.setenv("AUTORESEARCH_KEY_DIR", str(tmp / "keys"))  # the autouse isolation fixture is per test
+    mp.setenv("AUTORESEARCH_CACHE", str(tmp / "cache"))
+    try:
+        with ScriptedLLMServer(*script, key=KEY) as srv:
+            root = quickstart_copy(tmp / "qs", f'''
+kind = "llm"
+provider = "openai"
+model = "scripted"
+base_url = "{srv.openai_base_url}"
+api_key_env = "TEST_LLM_KEY"
+max_retries = 1
+price_input_per_mtok = 2.0
+price_output_per_mtok = 8.0
+''')
+            summary = run_loop(root, max_experiments=5, progress=Progress(quiet=True))
+    finally:
+        mp.undo()
+    return root, summary, bodies
+
+
+def test_loop_on_quickstart_with_llm(quickstart_llm_run):
+    from autoresearch.ledger import Ledger
+
+    root, summary, bodies = quickstart_llm_run
+    assert summary.experiments == 5
+    recs = Ledger(root / ".autoresearch").experiments()
+    assert [r["id"] for r in recs] == [0, 1, 2, 3, 4, 5]
+    by_id = {r["id"]: r for r in recs}
+    assert by_id[3]["status"] == "crash"
+    assert by_id[2]["description"].startswith("HIDDEN_SIZE 32 -> 64")
+    for r in recs[1:]:
+        assert r["proposer"] == "llm"
+        assert r["proposal"]["usage"]["input_tokens"] > 0 and r["proposal"]["cost_usd"] > 0
+    assert by_id[2]["proposal"]["turns"] == 2
+    # the crash's traceback reached the next prompt
+    assert "boom: injected failure" in bodies[4]["messages"][-1]["content"]
+    for f in (root / ".autoresearch").rglob("*"):
+        if f.is_file():
+            assert KEY.encode() not in f.read_bytes(), f
+
+
+@pytest.mark.xfail(reason="loop.Session.execute removes runs/<id>/ (prompts included) before running; see the lead's fix", strict=False)
+def test_loop_keeps_prompts_and_replies(quickstart_llm_run):
+    root, _, _ = quickstart_llm_run
+    runs = root / ".autoresearch" / "runs"
+    for i in range(1, 6):
+        assert (runs / str(i) / "prompt-1.md").exists() and (runs / str(i) / "reply-1.md").exists()
+    assert (runs / "2" / "prompt-2.md").exists()

@@ -26,9 +26,10 @@ What each mode holds (as enforced, not as hoped):
   A hidden file that git tracks can still be read from the repository's object store unless the
   repository's git folder is hidden too.
   `--die-with-parent` kills the sandbox when the thread that started it exits: start it from a
-  thread that outlives it. There is no `--new-session`: the runner's own new session already takes
-  the terminal away (so TIOCSTI needs CAP_SYS_ADMIN, which is dropped), and staying in the runner's
-  process group lets a SIGTERM reach the experiment before the SIGKILL.
+  thread that outlives it. A SIGTERM to the group ends the sandbox at once, with no grace: bwrap
+  dies of it, and its pid namespace goes with it (so does the namespace when the shell, its first
+  process, exits). There is no `--new-session`: the runner's own new session already takes the
+  terminal away, so TIOCSTI would need CAP_SYS_ADMIN, which is dropped.
 - `auto`: `bwrap` where it works on this machine, else `process` with a warning naming what is lost.
 """
 

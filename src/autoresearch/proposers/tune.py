@@ -234,7 +234,6 @@ class TuneProposer(Proposer):
         self._in_study: set[int] = set()  # record ids already added to or told to the study
         self._pending: dict[int, Any] = {}  # experiment id -> the asked, not yet told, trial
         self._vectors: dict[str, dict[str, Number]] = {}  # commit -> knob values of that code
-        self._rebuilds = 0
         for rec in self._records.values():
             self._learn_vectors(rec)
 
@@ -291,9 +290,10 @@ class TuneProposer(Proposer):
             if trial is not None:
                 self._study.add_trial(trial)
 
-    def _make_sampler(self, current: dict[str, Number]) -> Any:
+    def _make_sampler(self, current: dict[str, Number], exp_id: int) -> Any:
         samplers = self._optuna.samplers
-        seed = None if self._seed is None else self._seed * 1009 + self._rebuilds
+        # Seeded per rebuild point, so a resumed run draws what an uninterrupted one would have.
+        seed = None if self._seed is None else self._seed * 100_003 + exp_id
         kind = self.config.proposer.sampler
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -319,12 +319,11 @@ class TuneProposer(Proposer):
                 )
             return samplers.TPESampler(seed=seed, n_startup_trials=_TPE_STARTUP, multivariate=True)
 
-    def _rebuild(self, current: dict[str, Number]) -> None:
+    def _rebuild(self, current: dict[str, Number], exp_id: int) -> None:
         """A fresh study over the current space, holding every past experiment that fits in it."""
         direction = "maximize" if self.config.maximize else "minimize"
         self._pending.clear()  # trials of the old study; their results come back as records instead
-        self._study = self._optuna.create_study(direction=direction, sampler=self._make_sampler(current))
-        self._rebuilds += 1
+        self._study = self._optuna.create_study(direction=direction, sampler=self._make_sampler(current, exp_id))
         self._in_study = set()
         self._add_known()
 
@@ -350,7 +349,7 @@ class TuneProposer(Proposer):
         sig = tuple(sorted((k, repr(d)) for k, d in dims.items()))
         if self._study is None or sig != self._sig:
             self._dims, self._sig = dims, sig
-            self._rebuild(current)
+            self._rebuild(current, ctx.experiment_id)
         else:
             self._add_known()
         stale = self._pending.pop(ctx.experiment_id, None)

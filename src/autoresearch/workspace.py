@@ -34,10 +34,24 @@ class GitError(UserError):
     pass
 
 
+def _ceiling(cwd: Path) -> str | None:
+    """The state folder above a checkout under it (the run's worktree, a re-run's scratch checkout).
+    Git must never look above it: if an experiment deletes its worktree's .git, a git command there
+    would otherwise act on the enclosing repository, the user's own checkout."""
+    parts = Path(cwd).parts
+    if STATE_DIR not in parts:
+        return None
+    last = len(parts) - 1 - parts[::-1].index(STATE_DIR)
+    return str(Path(*parts[: last + 1]))
+
+
 def git(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = True, input: str | None = None) -> str:
     full_env = None
-    if env:
-        full_env = {**os.environ, **env}
+    ceiling = _ceiling(cwd)
+    if env or ceiling:
+        full_env = {**os.environ, **(env or {})}
+        if ceiling:
+            full_env["GIT_CEILING_DIRECTORIES"] = ceiling
     proc = subprocess.run(
         ["git", *args], cwd=cwd, env=full_env, capture_output=True, text=True, input=input
     )
@@ -102,6 +116,8 @@ class Workspace:
         self.rel = self.root.relative_to(self.repo).as_posix()  # "." when the experiment is the repo root
         self.state = self.root / STATE_DIR
         self.worktree = self.state / "worktree"
+        self.tag: str | None = None  # the run's tag, once created or opened
+        self._expected_head: str | None = None  # where the harness last put the run branch
 
     # ---- paths -------------------------------------------------------------------------------
     def in_tree(self, checkout: Path, rel: str = "") -> Path:
@@ -172,6 +188,7 @@ class Workspace:
         if self.worktree.exists():
             self.remove_worktree()
         git("worktree", "add", "-q", "-b", f"{BRANCH_PREFIX}{tag}", str(self.worktree), base, cwd=self.root)
+        self.tag, self._expected_head = tag, base
         return tag, base
 
     def open_run(self, tag: str) -> None:
@@ -185,6 +202,9 @@ class Workspace:
         if not ok:
             self.remove_worktree()
             git("worktree", "add", "-q", str(self.worktree), branch, cwd=self.root)
+        self.tag = tag
+        if self._expected_head is None:
+            self._expected_head = self.branch_head(tag)
 
     def remove_worktree(self) -> None:
         git("worktree", "remove", "--force", str(self.worktree), cwd=self.root, check=False)
@@ -279,14 +299,30 @@ class Workspace:
     def keep(self, tag: str, commit: str, parent: str, checkout: Path | None = None) -> None:
         """Advance the run branch to `commit` (only if it still points at `parent`) and sync the index."""
         git("update-ref", f"refs/heads/{BRANCH_PREFIX}{tag}", commit, parent, cwd=self.root)
+        self._expected_head = commit
         git("reset", "-q", "--hard", commit, cwd=checkout or self.worktree)
 
     def reset(self, checkout: Path | None = None, clean: bool = True) -> None:
         """Back to the branch head: tracked files restored, untracked non-ignored files removed."""
         checkout = checkout or self.worktree
+        if checkout == self.worktree and self.tag:
+            self._restore_run_checkout()
         git("reset", "-q", "--hard", "HEAD", cwd=checkout)
         if clean:
             git("clean", "-fdq", "--", ".", cwd=self.in_tree(checkout))
+
+    def _restore_run_checkout(self) -> None:
+        """Without a sandbox an experiment can delete its worktree's .git, switch it to another branch
+        or commit on the run branch. Put the branch back where the harness left it and the worktree
+        back on the branch (rebuilt if need be)."""
+        assert self.tag
+        ref = f"refs/heads/{BRANCH_PREFIX}{self.tag}"
+        fields = [] if not self.worktree.is_dir() else git(
+            "for-each-ref", "--format=%(HEAD) %(objectname)", ref, cwd=self.worktree, check=False).split()
+        if self._expected_head and fields and fields[-1] != self._expected_head:
+            git("update-ref", ref, self._expected_head, cwd=self.root)
+        if fields[:1] != ["*"]:
+            self.open_run(self.tag)
 
     def restore(self, rels: list[str], checkout: Path) -> None:
         """Undo changes to some files only (agent-driven mode leaves the agent's other files alone)."""

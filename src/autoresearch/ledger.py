@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from .errors import UserError
 from .signing import canonical_json as canonical
 
 LEDGER_NAME = "ledger.jsonl"
@@ -62,8 +63,9 @@ def results_row(record: dict[str, Any]) -> list[str]:
     ]
 
 
-class LedgerError(Exception):
-    """The ledger file cannot be read as a chain (used by verify and by start-up repair)."""
+class LedgerError(UserError):
+    """The ledger file cannot be read as a chain, or changed behind the harness's back. A user
+    error: the CLI prints it as one sentence (exit 2), never a traceback."""
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Ledger:
     _records: list[dict[str, Any]] = field(default_factory=list, init=False)
     _last_hash: str = field(default=GENESIS, init=False)
     _loaded: bool = field(default=False, init=False)
+    _size: int = field(default=0, init=False)  # bytes on disk after our own last read or write
 
     @property
     def path(self) -> Path:
@@ -88,6 +91,7 @@ class Ledger:
     def load(self) -> list[dict[str, Any]]:
         """Read every record (no verification; `verify` does that)."""
         records, last = [], GENESIS
+        self._size = 0
         if self.path.exists():
             with open(self.path, "rb") as fh:
                 for n, line in enumerate(fh, 1):
@@ -96,8 +100,12 @@ class Ledger:
                     try:
                         records.append(json.loads(line))
                     except ValueError:
-                        raise LedgerError(f"{self.path}: line {n} is not valid JSON") from None
+                        raise LedgerError(
+                            f"{self.path}: line {n} is not valid JSON, so the ledger is damaged; `autoresearch verify` "
+                            "names the first bad record (move the file aside to start a new run)"
+                        ) from None
                     last = line_hash(line)
+                self._size = fh.tell()
         self._records, self._last_hash, self._loaded = records, last, True
         return records
 
@@ -138,6 +146,13 @@ class Ledger:
         if self.signer is not None:
             record["sig"] = self.signer.sign(canonical(record))
         line = canonical(record) + b"\n"
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size != self._size:  # without a sandbox, an experiment can write the ledger
+            raise LedgerError(
+                f"{self.path} changed behind the harness's back ({self._size} -> {size} bytes) while it was open; "
+                "nothing more is recorded; `autoresearch verify` names the first bad record "
+                "(sandbox = \"bwrap\" keeps experiments away from it)"
+            )
         Path(self.state_dir).mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as fh:
             fh.write(line)
@@ -145,6 +160,7 @@ class Ledger:
             os.fsync(fh.fileno())
         self._records.append(record)
         self._last_hash = line_hash(line)
+        self._size = size + len(line)
         if record.get("kind") == "experiment":
             self._append_result(record)
         return record
@@ -234,4 +250,6 @@ def verify_chain(path: Path, verify_sig=None) -> ChainReport:
                     return ChainReport(False, n, problems, n)
                 next_id += 1
             prev = line_hash(line)
+    if n == 0:
+        return ChainReport(False, 1, [f"{path.name} is empty: even the run's start record is gone"], 1)
     return ChainReport(True, n, problems)

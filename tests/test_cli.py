@@ -71,7 +71,10 @@ def test_verify_catches_a_removed_record(exp):
 def test_verify_catches_results_tsv_edits(exp):
     assert cli("run", exp, "-n", "1").returncode == 0
     tsv = exp / ".autoresearch/results.tsv"
-    tsv.write_text(tsv.read_text().replace("discard", "keep"))
+    rows = tsv.read_text().splitlines()
+    cells = rows[2].split("\t")
+    cells[1] = "0.000001"  # a better number than was measured
+    tsv.write_text("\n".join(rows[:2] + ["\t".join(cells)] + rows[3:]) + "\n")
     res = cli("verify", exp)
     assert res.returncode == 1 and "results.tsv" in res.stdout
 
@@ -205,3 +208,43 @@ def test_second_harness_on_the_same_folder_is_refused(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def test_verify_rerun_reproduces_kept_results(exp):
+    assert cli("run", exp, "-n", "3").returncode == 0
+    res = cli("verify", exp, "--rerun", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "re-measured" in res.stdout and "agrees" in res.stdout
+
+
+def test_verify_rerun_catches_a_result_that_does_not_reproduce(tmp_path):
+    # The experiment reads a number from outside the repository: the record can't be reproduced.
+    outside = tmp_path / "luck.txt"
+    outside.write_text("0.5")
+    train = f"X = 3.0\nprint('score:', float(open({str(outside)!r}).read()) + X)\n"
+    root = make_experiment(tmp_path / "e", train=train, baseline_runs=1)
+    assert cli("run", root, "-n", "0").returncode == 0
+    outside.write_text("7.5")
+    res = cli("verify", root, "--rerun-ids", "0")
+    assert res.returncode == 1 and "DISAGREES" in res.stdout
+
+
+def test_export_and_verify_bundle_elsewhere(exp, tmp_path):
+    assert cli("run", exp, "-n", "2").returncode == 0
+    bundle = tmp_path / "evidence.tar.gz"
+    assert cli("export", exp, "-o", bundle).returncode == 0
+    ok = cli("verify", "--bundle", bundle, cwd=tmp_path)
+    assert ok.returncode == 0 and "OK: the evidence is intact" in ok.stdout
+    # tamper with one patch inside the bundle
+    import tarfile
+    work = tmp_path / "x"
+    with tarfile.open(bundle) as tar:
+        tar.extractall(work, filter="data")
+    (work / "runs/1/diff.patch").write_text("forged")
+    forged = tmp_path / "forged.tar.gz"
+    with tarfile.open(forged, "w:gz") as tar:
+        for f in sorted(work.rglob("*")):
+            if f.is_file():
+                tar.add(f, arcname=str(f.relative_to(work)))
+    bad = cli("verify", "--bundle", forged, cwd=tmp_path)
+    assert bad.returncode == 1 and "runs/1/diff.patch" in bad.stdout

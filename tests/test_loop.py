@@ -322,6 +322,9 @@ try:
     seen.append("network")
 except OSError as err:
     pass
+import subprocess
+if "secret" in subprocess.run(["git", "show", "HEAD:val.txt"], capture_output=True, text=True).stdout:
+    seen.append("git object store")
 try:
     open("prepare.py", "w").write("changed")
     seen.append("wrote prepare.py")

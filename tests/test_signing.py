@@ -208,19 +208,3 @@ def test_host_info_is_cheap_cached_and_does_not_import_torch():
     assert "numpy" in info["versions"]
     canonical_json(info)  # fits in a signed record
 
-
-@pytest.mark.parametrize("workers", [1, 2, 3])
-def test_verify_many_finds_the_first_bad_signature(keys, workers):
-    from autoresearch.signing import verify_many
-
-    s = Signer.load_or_create("many")
-    items = [(canonical_json({"id": i}), s.sign(canonical_json({"id": i}))) for i in range(60)]
-    assert verify_many(s.public_key, items, workers=workers) is None
-    bad = list(items)
-    bad[41] = (canonical_json({"id": 4100}), bad[41][1])  # altered record
-    bad[50] = (bad[50][0], "00" * 64)  # forged signature
-    bad[55] = (bad[55][0], "zz")  # garbage
-    assert verify_many(s.public_key, bad, workers=workers) == 41
-    assert verify_many(Signer.load_or_create("stranger").public_key, items, workers=workers) == 0
-    assert verify_many("nothex", items, workers=workers) == 0
-    assert verify_many(s.public_key, [], workers=workers) is None

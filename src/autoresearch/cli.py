@@ -150,14 +150,45 @@ def report(directory: Path) -> None:
 
 @main.command()
 @DIR_ARG
-def verify(directory: Path) -> None:
-    """Check the ledger: chain, signatures, commits, patches, results.tsv. Exit 0 only if intact."""
-    from .verify import verify_run
+@click.option("--rerun", "rerun_best", type=click.IntRange(min=1), help="Also re-run the N best kept commits here and compare with the record.")
+@click.option("--rerun-ids", help="Also re-run these experiments (comma-separated ids) and compare.")
+@click.option("--bundle", type=click.Path(dir_okay=False, path_type=Path), help="Check an evidence bundle from `autoresearch export` instead of a folder.")
+def verify(directory: Path, rerun_best: int | None, rerun_ids: str | None, bundle: Path | None) -> None:
+    """Check the record: chain, signatures, commits, patches, logs, results.tsv. Exit 0 only if intact.
 
-    rep = verify_run(directory)
+    With --rerun N (or --rerun-ids), re-measure claimed improvements on this machine: each must
+    agree with its record within 3 x the run's measured noise.
+    """
+    from .verify import rerun, verify_bundle, verify_run
+
+    rep = verify_bundle(bundle) if bundle else verify_run(directory)
     for line in rep.lines:
         click.echo(line)
-    sys.exit(0 if rep.ok else EXIT_CHECK_FAILED)
+    ok = rep.ok
+    if ok and not bundle and (rerun_best or rerun_ids):
+        try:
+            ids = [int(x) for x in rerun_ids.split(",")] if rerun_ids else None
+        except ValueError:
+            raise UserError(f"--rerun-ids takes comma-separated experiment numbers, not {rerun_ids!r}") from None
+        click.echo("re-running on this machine ...")
+        again, _ = rerun(directory, best=rerun_best, ids=ids)
+        for line in again.lines:
+            click.echo(line)
+        ok = again.ok
+    sys.exit(0 if ok else EXIT_CHECK_FAILED)
+
+
+@main.command()
+@DIR_ARG
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the bundle (default: DIR/autoresearch-evidence-TAG.tar.gz).")
+def export(directory: Path, out: Path | None) -> None:
+    """Write a self-contained evidence bundle (ledger, patches, logs, public key).
+
+    Check it on another machine, without the repository, with `autoresearch verify --bundle FILE`.
+    """
+    from .verify import export_bundle
+
+    click.echo(f"wrote {export_bundle(directory, out)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

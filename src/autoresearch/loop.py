@@ -249,19 +249,22 @@ class Session:
         if not res.ok:
             raise UserError(f"setup command {cmd!r} failed (exit {res.exit_code}); see {log} and fix it, then run again")
 
-    def _run_once(self, exp_id: int, k: int, run_dir: Path, checkout: Path, editable_hashes: dict, protected_hashes: dict) -> Measured:
+    def _run_once(self, exp_id: int, k: int, run_dir: Path, checkout: Path, editable_hashes: dict, protected_hashes: dict,
+                  *, track: bool = True, seed: int | None = None) -> Measured:
         exp = self.config.experiment
         suffix = "" if k == 0 else f"-{k + 1}"
         artifacts = run_dir / f"artifacts{suffix}"
         if artifacts.exists():
             shutil.rmtree(artifacts)
         artifacts.mkdir(parents=True)
+        seed = k if seed is None else seed
         env = experiment_env(budget_s=int(exp.budget) if exp.budget == int(exp.budget) else exp.budget,
-                             artifacts=artifacts, run_id=f"{exp_id}{suffix}", seed=k)
+                             artifacts=artifacts, run_id=f"{exp_id}{suffix}", seed=seed)
         cwd = self.ws.in_tree(checkout)
 
         def note_pgid(pgid: int) -> None:
-            self._update_pending(pgid=pgid)
+            if track:
+                self._update_pending(pgid=pgid)
 
         res = run_process(exp.run, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"run{suffix}.log",
                           max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid,
@@ -293,7 +296,7 @@ class Session:
             outcome.last_line = res.tail(1)
         vram = metrics.get("peak_vram_mb", run_metrics.get("peak_vram_mb"))
         info = {
-            "seed": k,
+            "seed": seed,
             "exit_code": res.exit_code,
             "evaluate_exit_code": final.exit_code if final is not res else None,
             "wall_s": round(res.wall_s, 3),
@@ -328,6 +331,8 @@ class Session:
                 hidden += [Path(p) for p in glob.glob(os.path.expandvars(os.path.expanduser(entry)))]
             for base in (checkout, self.ws.root) if inside else ():
                 hidden += [self.ws.in_tree(base, rel) for rel in self.ws.expand(inside, base, key="hidden")]
+            if inside:  # a tracked hidden file could still be read from git's object store
+                hidden.append(self.ws.git_dir())
         return SandboxSpec(
             mode=exp.sandbox,
             workdir=self.ws.in_tree(checkout),
@@ -499,6 +504,29 @@ class Session:
                 "and fix the experiment, then run again"
             )
         return rec
+
+    def remeasure(self, rec: dict[str, Any]) -> tuple[float | None, str]:
+        """Run a recorded commit again, in a scratch checkout, with the seeds it was measured with.
+        Returns the mean metric (None on failure) and a status word. Nothing is recorded."""
+        scratch = self.ws.state / "rerun" / str(rec["id"])
+        run_dir = self.ws.state / "runs" / f"rerun-{rec['id']}"
+        if scratch.exists():
+            git("worktree", "remove", "--force", str(scratch), cwd=self.root, check=False)
+        git("worktree", "add", "-q", "--detach", str(scratch), rec["commit"], cwd=self.root)
+        try:
+            self._expected_head = rec["commit"]
+            editable_hashes = self.ws.hash_files(self.editable, scratch)
+            protected_hashes = self.ws.hash_files(self.protected, scratch)
+            values = []
+            for k, seed in enumerate(rec.get("seeds") or [0]):
+                m = self._run_once(rec["id"], k, run_dir, scratch, editable_hashes, protected_hashes, track=False, seed=seed)
+                bad = judging.failure(m.outcome, self.config.metric.name)
+                if bad is not None:
+                    return None, f"{bad.status}: {bad.reason}"
+                values.append(m.outcome.metric)
+            return statistics.fmean(values), "ok"
+        finally:
+            git("worktree", "remove", "--force", str(scratch), cwd=self.root, check=False)
 
     def tried_trees(self) -> dict[str, int]:
         return {r["tree"]: r["id"] for r in self.ledger.experiments() if r.get("tree") and r["status"] != "interrupted"}

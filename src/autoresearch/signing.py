@@ -13,8 +13,6 @@ import os
 import re
 import stat
 import tempfile
-import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,6 @@ from .errors import UserError
 
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _RAW_KEY_LEN = 32
-_PARALLEL_MIN = 1000  # below this, starting worker processes costs more than it saves
 
 
 def key_dir() -> Path:
@@ -156,63 +153,6 @@ def verify_signature(public_key_hex: str, data: bytes, sig_hex: str) -> bool:
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
-
-
-def verify_many(public_key_hex: str, items: Sequence[tuple[bytes, str]], workers: int | None = None) -> int | None:
-    """Index of the first `(data, sig_hex)` pair that does not verify, or None when all do.
-
-    Ed25519 verification dominates checking a long ledger, so a large batch is split across
-    processes. They are forked (the items are inherited, not copied), and only from a process with
-    no other threads, where forking is safe; otherwise, or with `workers=1`, it runs here.
-    """
-    import multiprocessing as mp  # here, not at the top: it slows every CLI start-up
-
-    n = len(items)
-    if workers is None:
-        workers = min(_usable_cores(), 8) if n >= _PARALLEL_MIN else 1
-    workers = max(1, min(workers, n))
-    if workers == 1 or threading.active_count() > 1 or "fork" not in mp.get_all_start_methods():
-        return _first_bad(public_key_hex, items, 0, n)
-    ctx = mp.get_context("fork")
-    step = -(-n // workers)
-    jobs = []
-    for lo in range(0, n, step):
-        recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_verify_chunk, args=(public_key_hex, items, lo, min(n, lo + step), send), daemon=True)
-        proc.start()
-        send.close()
-        jobs.append((lo, proc, recv))
-    bad: list[int] = []
-    for lo, proc, recv in jobs:
-        try:
-            result = recv.recv()
-        except EOFError:  # a worker died (killed, out of memory): check its share here
-            result = _first_bad(public_key_hex, items, lo, min(n, lo + step))
-        finally:
-            recv.close()
-            proc.join()
-        if result is not None:
-            bad.append(result)
-    return min(bad) if bad else None
-
-
-def _first_bad(public_key_hex: str, items: Sequence[tuple[bytes, str]], lo: int, hi: int) -> int | None:
-    try:
-        key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key_hex))
-    except ValueError:
-        return lo if lo < hi else None
-    for i in range(lo, hi):
-        data, sig = items[i]
-        try:
-            key.verify(bytes.fromhex(sig), data)
-        except (InvalidSignature, ValueError, TypeError):
-            return i
-    return None
-
-
-def _verify_chunk(public_key_hex: str, items: Sequence[tuple[bytes, str]], lo: int, hi: int, conn) -> None:
-    conn.send(_first_bad(public_key_hex, items, lo, hi))
-    conn.close()
 
 
 def _usable_cores() -> int:

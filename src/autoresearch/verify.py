@@ -1,99 +1,104 @@
-"""`autoresearch verify`: check that the record is intact and agrees with git and the files on disk."""
+"""Checking the evidence: `verify` (the record agrees with itself, git and the files on disk),
+`verify --rerun` (re-measure claimed improvements on this machine), `export` / `verify --bundle`
+(a self-contained evidence bundle checked elsewhere without the repository)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import os
 import subprocess
+import tarfile
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import UserError
-from .ledger import Ledger, LedgerError, verify_chain
-from .workspace import BRANCH_PREFIX, Workspace, git
+from .ledger import LEDGER_NAME, RESULTS_NAME, Ledger, verify_chain
+from .workspace import BRANCH_PREFIX, STATE_DIR, Workspace, git
+
+BUNDLE_FORMAT = "autoresearch-evidence-1"
+
+
+MAX_LISTED = 10  # problems listed in full; the rest are counted
 
 
 @dataclass
 class VerifyReport:
     ok: bool = True
     lines: list[str] = field(default_factory=list)
+    problems: int = 0
 
     def fail(self, text: str) -> None:
-        if self.ok:  # the first problem is the one that names the bad record
-            self.lines.append(f"FAIL {text}")
-        else:
-            self.lines.append(f"     also: {text}")
+        # the first problem is the one that names the bad record
+        self.problems += 1
+        if self.problems <= MAX_LISTED:
+            self.lines.append(f"FAIL {text}" if self.ok else f"     also: {text}")
+        elif self.problems == MAX_LISTED + 1:
+            self.lines.append("     (more problems follow; only the first are listed)")
         self.ok = False
 
+    def note(self, text: str) -> None:
+        self.lines.append(text)
 
-def _signature_checker():
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _sha256_or_none(path: str) -> str | None:
     try:
-        from .signing import verify_signature
-    except ImportError:  # pragma: no cover - signing ships with the package
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except (FileNotFoundError, IsADirectoryError):
         return None
-    return verify_signature
 
 
-def verify_run(root: Path) -> VerifyReport:
-    ws = Workspace(root)
-    ledger = Ledger(ws.state)
-    if not ledger.path.exists():
-        raise UserError(f"{ledger.path} not found; there is no run to verify in {ws.root}")
-    rep = VerifyReport()
-    chain = verify_chain(ledger.path, _signature_checker())
+def _check_records(state: Path, rep: VerifyReport) -> list[dict[str, Any]] | None:
+    """Checks that need only the state folder (or a bundle of it): chain, signatures, patches, logs,
+    protected manifest, results.tsv. Returns the records, or None when the chain is broken."""
+    ledger = Ledger(state)
+    chain = verify_chain(ledger.path)
     if not chain.ok:
         for problem in chain.problems:
             rep.fail(problem)
-        return rep
-    try:
-        records = ledger.load()
-    except LedgerError as err:
-        rep.fail(str(err))
-        return rep
-    header = records[0]
+        return None
+    records = chain.parsed
+    ledger.adopt(records)
     exps = [r for r in records if r.get("kind") == "experiment"]
-    signed = bool(header.get("public_key"))
-    rep.lines.append(f"chain: {chain.records} records linked{', every signature valid' if signed else ' (unsigned)'}")
+    key = chain.public_key
+    rep.note(f"chain: {chain.records} records linked" + (f", signed (key {key[:16]}…)" if key else " (unsigned)"))
+    if not key:
+        rep.fail("the run's start record has no public key, so nothing is signed")
 
-    # Git: kept commits on the branch with their recorded trees; the head is the last keep.
-    branch = f"{BRANCH_PREFIX}{header['tag']}"
-    head = git("rev-parse", "--verify", "-q", f"refs/heads/{branch}", cwd=ws.root, check=False).strip()
-    if not head:
-        rep.fail(f"the run branch {branch} does not exist")
-        return rep
-    kept = [r for r in exps if r["status"] == "keep"]
-    for rec in kept:
-        where = f"experiment {rec['id']} (keep)"
-        tree = git("rev-parse", "--verify", "-q", f"{rec['commit']}^{{tree}}", cwd=ws.root, check=False).strip()
-        if not tree:
-            rep.fail(f"{where}: commit {rec['commit'][:12]} is not in the repository")
-            continue
-        if tree != rec.get("tree"):
-            rep.fail(f"{where}: commit {rec['commit'][:12]} has tree {tree[:12]}, the record says {str(rec.get('tree'))[:12]}")
-        if not _is_ancestor(ws, rec["commit"], head):
-            rep.fail(f"{where}: commit {rec['commit'][:12]} is not on {branch}")
-    expected_head = kept[-1]["commit"] if kept else header.get("base_commit")
-    if head != expected_head:
-        rep.fail(f"{branch} points at {head[:12]}, but the last kept record is {str(expected_head)[:12]}")
-    else:
-        rep.lines.append(f"git: {branch} at {head[:12]} = last kept record; {len(kept)} kept commits with their trees")
-
-    # Patches: every tried change survives with its recorded hash.
-    missing = 0
+    patches = logs = 0
+    runs_dir = os.path.join(state, "runs")
     for rec in exps:
-        if not rec.get("diff_sha256") or rec["status"] == "baseline":
-            continue
-        patch = ws.state / "runs" / str(rec["id"]) / "diff.patch"
-        if not patch.exists():
-            missing += 1
-            rep.fail(f"experiment {rec['id']}: {patch} is missing")
-            continue
-        digest = hashlib.sha256(patch.read_bytes()).hexdigest()
-        if digest != rec["diff_sha256"]:
-            rep.fail(f"experiment {rec['id']}: diff.patch does not match its recorded sha256")
+        run_dir = os.path.join(runs_dir, str(rec["id"]))
+        if rec.get("diff_sha256") and rec["status"] != "baseline":
+            patch = os.path.join(run_dir, "diff.patch")
+            digest = _sha256_or_none(patch)
+            if digest is None:
+                rep.fail(f"experiment {rec['id']}: {patch} is missing")
+            elif digest != rec["diff_sha256"]:
+                rep.fail(f"experiment {rec['id']}: diff.patch does not match its recorded sha256")
+            else:
+                patches += 1
+        for k, run in enumerate(rec.get("runs", [])):
+            if not run.get("log_sha256"):
+                continue
+            log = os.path.join(run_dir, "run.log" if k == 0 else f"run-{k + 1}.log")
+            digest = _sha256_or_none(log)
+            if digest is not None:
+                if digest != run["log_sha256"]:
+                    rep.fail(f"experiment {rec['id']}: {os.path.basename(log)} does not match its recorded sha256")
+                else:
+                    logs += 1
     if rep.ok:
-        rep.lines.append(f"patches: {sum(1 for r in exps if r.get('diff_sha256') and r['status'] != 'baseline')} diffs match their hashes")
+        rep.note(f"files: {patches} diffs and {logs} run logs match their recorded hashes")
 
-    # Protected files: the same bytes in every experiment.
     manifests = [(r["id"], r.get("protected")) for r in exps if r.get("protected")]
     if manifests:
         first_id, first = manifests[0]
@@ -103,15 +108,178 @@ def verify_run(root: Path) -> VerifyReport:
                 rep.fail(f"experiment {exp_id}: protected files differ from experiment {first_id}: {', '.join(changed)}")
                 break
         else:
-            rep.lines.append(f"protected: {len(first)} files identical across {len(manifests)} experiments")
+            rep.note(f"protected: {len(first)} files identical across {len(manifests)} experiments")
 
     if not ledger.results_agree():
-        rep.fail(f"{ledger.results_path.name} does not agree with the ledger (edited by hand?)")
+        rep.fail(f"{RESULTS_NAME} does not agree with the ledger (edited by hand?)")
     else:
-        rep.lines.append(f"results.tsv: {len(exps)} rows agree with the ledger")
-    rep.lines.append("OK: the record is intact" if rep.ok else "the record is NOT intact")
+        rep.note(f"{RESULTS_NAME}: {len(exps)} rows agree with the ledger")
+    return records
+
+
+def _is_ancestor(root: Path, commit: str, head: str) -> bool:
+    return subprocess.run(["git", "merge-base", "--is-ancestor", commit, head], cwd=root, capture_output=True).returncode == 0
+
+
+def _check_git(ws: Workspace, records: list[dict[str, Any]], rep: VerifyReport) -> None:
+    """Kept commits are on the run branch with their recorded trees; the head is the last keep."""
+    header = records[0]
+    exps = [r for r in records if r.get("kind") == "experiment"]
+    branch = f"{BRANCH_PREFIX}{header['tag']}"
+    head = git("rev-parse", "--verify", "-q", f"refs/heads/{branch}", cwd=ws.root, check=False).strip()
+    if not head:
+        rep.fail(f"the run branch {branch} does not exist")
+        return
+    kept = [r for r in exps if r["status"] == "keep"]
+    for rec in kept:
+        where = f"experiment {rec['id']} (keep)"
+        tree = git("rev-parse", "--verify", "-q", f"{rec['commit']}^{{tree}}", cwd=ws.root, check=False).strip()
+        if not tree:
+            rep.fail(f"{where}: commit {rec['commit'][:12]} is not in the repository")
+        elif tree != rec.get("tree"):
+            rep.fail(f"{where}: commit {rec['commit'][:12]} has tree {tree[:12]}, the record says {str(rec.get('tree'))[:12]}")
+        elif not _is_ancestor(ws.root, rec["commit"], head):
+            rep.fail(f"{where}: commit {rec['commit'][:12]} is not on {branch}")
+    expected = kept[-1]["commit"] if kept else header.get("base_commit")
+    if head != expected:
+        rep.fail(f"{branch} points at {head[:12]}, but the last kept record is {str(expected)[:12]}")
+    elif rep.ok:
+        rep.note(f"git: {branch} at {head[:12]} = the last kept record; {len(kept)} kept commits carry their recorded trees")
+
+
+def verify_run(root: Path) -> VerifyReport:
+    ws = Workspace(root)
+    if not (ws.state / LEDGER_NAME).exists():
+        raise UserError(f"{ws.state / LEDGER_NAME} not found; there is no run to verify in {ws.root}")
+    rep = VerifyReport()
+    records = _check_records(ws.state, rep)
+    if records is not None:
+        _check_git(ws, records, rep)
+    rep.note("OK: the record is intact" if rep.ok else "the record is NOT intact")
     return rep
 
 
-def _is_ancestor(ws: Workspace, commit: str, head: str) -> bool:
-    return subprocess.run(["git", "merge-base", "--is-ancestor", commit, head], cwd=ws.root, capture_output=True).returncode == 0
+# ---- evidence bundles -------------------------------------------------------------------------
+
+def _bundle_members(state: Path) -> list[Path]:
+    files = [state / LEDGER_NAME, state / RESULTS_NAME]
+    runs = state / "runs"
+    if runs.is_dir():
+        for run_dir in sorted(runs.iterdir(), key=lambda p: (len(p.name), p.name)):
+            for f in sorted(run_dir.iterdir()):
+                if f.is_file() and (f.suffix in (".patch", ".log", ".md", ".txt", ".json")):
+                    files.append(f)
+    return [f for f in files if f.exists()]
+
+
+def export_bundle(root: Path, out: Path | None = None) -> Path:
+    """Write ledger, results.tsv, patches, logs, prompts and replies (no artifacts) to a .tar.gz."""
+    ws = Workspace(root)
+    if not (ws.state / LEDGER_NAME).exists():
+        raise UserError(f"{ws.state / LEDGER_NAME} not found; there is no run to export in {ws.root}")
+    header = Ledger(ws.state).header() or {}
+    out = Path(out) if out else ws.root / f"autoresearch-evidence-{header.get('tag', 'run')}.tar.gz"
+    members = _bundle_members(ws.state)
+    manifest = {"format": BUNDLE_FORMAT, "tag": header.get("tag"), "public_key": header.get("public_key"),
+                "files": {str(f.relative_to(ws.state)): _sha256(f) for f in members}}
+    with tarfile.open(out, "w:gz") as tar:
+        data = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        info = tarfile.TarInfo("MANIFEST.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        for f in members:
+            tar.add(f, arcname=str(f.relative_to(ws.state)), recursive=False)
+    return out
+
+
+def verify_bundle(bundle: Path) -> VerifyReport:
+    bundle = Path(bundle)
+    if not bundle.is_file():
+        raise UserError(f"{bundle} not found; pass the .tar.gz written by `autoresearch export`")
+    rep = VerifyReport()
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        try:
+            with tarfile.open(bundle, "r:gz") as tar:
+                tar.extractall(state, filter="data")  # refuses absolute paths, '..' and links out
+        except (tarfile.TarError, OSError) as err:
+            raise UserError(f"{bundle} is not a readable evidence bundle ({err}); export it again") from None
+        try:
+            manifest = json.loads((state / "MANIFEST.json").read_text())
+        except (OSError, ValueError):
+            rep.fail("the bundle has no readable MANIFEST.json")
+            return rep
+        if manifest.get("format") != BUNDLE_FORMAT:
+            rep.fail(f"unknown bundle format {manifest.get('format')!r}")
+            return rep
+        for name, digest in manifest.get("files", {}).items():
+            f = state / name
+            if not f.is_file() or _sha256(f) != digest:
+                rep.fail(f"{name} is missing or differs from the bundle's manifest")
+        records = _check_records(state, rep)
+        if records is not None and manifest.get("public_key") != records[0].get("public_key"):
+            rep.fail("the manifest's public key differs from the ledger's")
+    rep.note("(git was not checked: a bundle carries no repository)")
+    rep.note("OK: the evidence is intact" if rep.ok else "the evidence is NOT intact")
+    return rep
+
+
+# ---- re-execution -----------------------------------------------------------------------------
+
+@dataclass
+class Rerun:
+    exp_id: int
+    recorded: float
+    measured: float | None
+    tolerance: float
+    status: str
+
+    @property
+    def agrees(self) -> bool:
+        return self.measured is not None and abs(self.measured - self.recorded) <= self.tolerance
+
+
+def rerun(root: Path, *, best: int | None = None, ids: list[int] | None = None, progress=None) -> tuple[VerifyReport, list[Rerun]]:
+    """Re-run kept commits on this machine and compare the metric with the recorded one.
+
+    Agreement means within 3 x the run's measured noise (the baseline std); a deterministic
+    experiment with zero noise must reproduce to 1e-9 relative."""
+    from .loop import Session
+
+    session = Session(root, progress=progress)
+    ledger = session.ledger
+    if not ledger.exists():
+        raise UserError(f"{ledger.path} not found; there is no run to re-measure in {session.root}")
+    exps = ledger.experiments()
+    header = ledger.header() or {}
+    session.tag = header.get("tag")
+    maximize = header.get("goal") == "maximize"
+    candidates = [r for r in exps if r["status"] in ("keep", "baseline") and r.get("metric") is not None]
+    if ids:
+        by_id = {r["id"]: r for r in exps}
+        bad = [i for i in ids if i not in by_id or by_id[i] not in candidates]
+        if bad:
+            raise UserError(f"experiments {bad} are not kept (or baseline) records of {ledger.path}; pick ids from `autoresearch log --status keep`")
+        chosen = [by_id[i] for i in ids]
+    else:
+        kept = [r for r in candidates if r["status"] == "keep"] or candidates
+        chosen = sorted(kept, key=lambda r: r["metric"], reverse=maximize)[: best or 1]
+    noise = session.noise() or 0.0
+    rep = VerifyReport()
+    results: list[Rerun] = []
+    with session.locked():
+        for rec in chosen:
+            measured, status = session.remeasure(rec)
+            tol = max(3 * noise, 1e-9 * abs(rec["metric"]))
+            r = Rerun(rec["id"], rec["metric"], measured, tol, status)
+            results.append(r)
+            shown = f"{measured:.6g}" if measured is not None else status
+            verdict = "agrees" if r.agrees else "DISAGREES"
+            line = (f"experiment {rec['id']} ({rec['status']}): recorded {rec['metric']:.6g}, re-measured {shown} "
+                    f"-> {verdict} (tolerance {tol:.3g} = 3 x noise)")
+            if r.agrees:
+                rep.note(line)
+            else:
+                rep.fail(line)
+    rep.note("OK: every re-measured result agrees with its record" if rep.ok else "some results did NOT reproduce")
+    return rep, results

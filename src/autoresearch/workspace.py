@@ -146,12 +146,14 @@ class Workspace:
         return files
 
     # ---- run set-up ----------------------------------------------------------------------------
+    def git_dir(self) -> Path:
+        """The repository's shared .git folder (objects, refs, worktree metadata)."""
+        common = Path(git("rev-parse", "--git-common-dir", cwd=self.root).strip())
+        return common if common.is_absolute() else (self.root / common).resolve()
+
     def ensure_ignored(self) -> None:
         """`.autoresearch/` must never be committed; use info/exclude so the user's files stay untouched."""
-        common = Path(git("rev-parse", "--git-common-dir", cwd=self.root).strip())
-        if not common.is_absolute():
-            common = (self.root / common).resolve()
-        exclude = common / "info" / "exclude"
+        exclude = self.git_dir() / "info" / "exclude"
         exclude.parent.mkdir(parents=True, exist_ok=True)
         line = f"/{self._repo_path(STATE_DIR)}/" if self.rel != "." else f"/{STATE_DIR}/"
         text = exclude.read_text() if exclude.exists() else ""

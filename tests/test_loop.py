@@ -346,3 +346,11 @@ print("score:", len(seen))
     assert "seen: []" in log, log
     assert rec["metric"] == 0  # evaluate did read the hidden file
     assert rec["runs"][0]["sandbox"] == "bwrap" and rec["runs"][0]["enforced"]["no_network"]
+
+
+def test_proposer_api_key_never_reaches_the_experiment(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    train = "import os\nX = 3.0\nprint('score:', 1 if 'sk-test-secret' in str(os.environ) else 0)\n"
+    root = make_experiment(tmp_path / "e", train=train, baseline_runs=1)  # sandbox "none": nothing else strips it
+    rec = open_session(root).measure_baseline()
+    assert rec["metric"] == 0

@@ -260,6 +260,8 @@ class Session:
         seed = k if seed is None else seed
         env = experiment_env(budget_s=int(exp.budget) if exp.budget == int(exp.budget) else exp.budget,
                              artifacts=artifacts, run_id=f"{exp_id}{suffix}", seed=seed)
+        for name in self._proposer_secrets():  # the proposer's API key never reaches the experiment
+            env.pop(name, None)
         cwd = self.ws.in_tree(checkout)
 
         def note_pgid(pgid: int) -> None:
@@ -342,6 +344,10 @@ class Session:
             secrets=list(exp.secrets),
             limits=Limits(nproc=SANDBOX_MAX_PROCESSES, fsize=SANDBOX_MAX_FILE_BYTES),
         )
+
+    def _proposer_secrets(self) -> list[str]:
+        named = self.config.proposer.api_key_env
+        return [named] if named else ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
 
     def _warn_sandbox(self, res: ProcessResult) -> None:
         if res.sandbox_warning and not self._sandbox_warned:

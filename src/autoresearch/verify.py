@@ -140,11 +140,13 @@ def _check_git(ws: Workspace, records: list[dict[str, Any]], rep: VerifyReport) 
             rep.fail(f"{where}: commit {rec['commit'][:12]} has tree {tree[:12]}, the record says {str(rec.get('tree'))[:12]}")
         elif not _is_ancestor(ws.root, rec["commit"], head):
             rep.fail(f"{where}: commit {rec['commit'][:12]} is not on {branch}")
+        elif hashlib.sha256(ws.diff(rec["parent"], rec["commit"]).encode()).hexdigest() != rec.get("diff_sha256"):
+            rep.fail(f"{where}: the diff of commit {rec['commit'][:12]} against its parent is not the recorded diff")
     expected = kept[-1]["commit"] if kept else header.get("base_commit")
     if head != expected:
         rep.fail(f"{branch} points at {head[:12]}, but the last kept record is {str(expected)[:12]}")
     elif rep.ok:
-        rep.note(f"git: {branch} at {head[:12]} = the last kept record; {len(kept)} kept commits carry their recorded trees")
+        rep.note(f"git: {branch} at {head[:12]} = the last kept record; {len(kept)} kept commits carry their recorded trees and diffs")
 
 
 def verify_run(root: Path) -> VerifyReport:

@@ -136,7 +136,8 @@ class Workspace:
         """Files (relative to the experiment folder) tracked in git that match the patterns."""
         base = self.in_tree(checkout or self.root)
         tracked = git("ls-files", "-z", cwd=base).split("\0")
-        files = sorted({t for t in tracked if t and matches(t, patterns)})
+        # A submodule or a symlink to a folder is tracked too, but it is not a file anyone can edit.
+        files = sorted({t for t in tracked if t and matches(t, patterns) and not (base / t).is_dir()})
         for pat in patterns:
             if not any(matches(f, [pat]) for f in files):
                 raise UserError(

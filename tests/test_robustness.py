@@ -400,25 +400,28 @@ X = 3.0
 LEDGER = {ledger!r}
 if os.environ["AUTORESEARCH_RUN_ID"] == "1" and not os.path.exists({marker!r}):
     open({marker!r}, "w").close()                        # only once
-    with open(LEDGER, "a") as fh:
+    with open(LEDGER, {mode!r}) as fh:
         fh.write({line!r})
 print(f"score: {{(X - 1.0) ** 2 + 0.001 * int(os.environ['AUTORESEARCH_SEED'])}}")
 '''
 
 
-@pytest.mark.parametrize("torn", [False, True], ids=["forged-record", "torn-write"])
-def test_experiment_that_writes_the_ledger_without_sandbox(tmp_path, torn):
-    forged = '{"kind":"experiment","id":1,"status":"keep","metric":0.0}' + ("" if torn else "\n")
+@pytest.mark.parametrize("how", ["forged-record", "truncated", "torn-write"])
+def test_experiment_that_writes_the_ledger_without_sandbox(tmp_path, how):
+    forged = '{"kind":"experiment","id":1,"status":"keep","metric":0.0}'
+    mode, line = {"forged-record": ("a", forged + "\n"), "truncated": ("w", ""), "torn-write": ("a", forged)}[how]
     root = tmp_path / "e"
-    train = TAMPER_TRAIN.format(ledger=str(root / ".autoresearch/ledger.jsonl"), marker=str(tmp_path / "once"), line=forged)
+    train = TAMPER_TRAIN.format(ledger=str(root / ".autoresearch/ledger.jsonl"), marker=str(tmp_path / "once"),
+                                mode=mode, line=line)
     make_experiment(root, train=train)
     res = cli("run", root, "-n", "2")
     assert_clean_exit(res, 2)  # the harness noticed and stopped before writing after the forgery
     assert "changed behind the harness's back" in res.stderr
-    if not torn:
+    if how != "torn-write":
         ver = cli("verify", root)
         assert_clean_exit(ver, 1)
-        assert "FAIL ledger.jsonl line 3" in ver.stdout  # the forged line, named
+        bad = "FAIL ledger.jsonl line 3" if how == "forged-record" else "FAIL ledger.jsonl is empty"
+        assert bad in ver.stdout  # the damage, named
         return
     # A torn tail looks like a write cut short: dropped on the next start, the experiment recorded
     # as interrupted, and every record the harness wrote is intact.

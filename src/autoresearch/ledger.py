@@ -264,6 +264,8 @@ def verify_chain(path: Path, check_signatures: bool = True) -> ChainReport:
                 next_id += 1
             records.append(rec)
             prev = line_hash(line)
+    if n == 0:
+        return bad(1, f"{path.name} is empty: even the run's start record is gone")
     if records and public_key and check_signatures and not signature_ok(records[-1]):
         for i, rec in enumerate(records, 1):  # find the first record whose own signature fails
             if not signature_ok(rec):

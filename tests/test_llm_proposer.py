@@ -212,14 +212,18 @@ def test_missing_key_without_base_url(monkeypatch):
         LLMProposer(cfg, [])
 
 
-def test_json_schema_mode(tmp_path, key_env):
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_json_schema_mode(tmp_path, key_env, provider):
     body = json.dumps({"description": "fewer epochs", "edits": [{"file": "train.py", "search": "EPOCHS = 3", "replace": "EPOCHS = 2"}]})
     with ScriptedLLMServer(reply("```json\n" + body + "\n```"), key=KEY) as srv:
-        p = proposer_for(srv, response_format="json_schema")
+        p = proposer_for(srv, provider, response_format="json_schema")
         prop = p.propose(make_ctx(tmp_path, p.config))
     assert prop.description == "fewer epochs" and "EPOCHS = 2" in prop.edits["train.py"]
-    rf = srv.requests[0]["body"]["response_format"]
-    assert rf["type"] == "json_schema" and rf["json_schema"]["schema"]["required"] == ["description", "edits"]
+    if provider == "openai":
+        rf = srv.requests[0]["body"]["response_format"]
+        assert rf["type"] == "json_schema" and rf["json_schema"]["schema"]["required"] == ["description", "edits"]
+    else:
+        assert srv.requests[0]["body"]["output_config"]["format"]["type"] == "json_schema"
     assert '"edits"' in srv.requests[0]["body"]["messages"][-1]["content"]
 
 
@@ -244,6 +248,14 @@ def test_unified_diff_and_whole_file():
     whole = "Rewrite.\n\ntrain.py\n```python\nLR = 1\n```\n"
     parsed = parse_reply(whole, ["train.py"])
     assert parsed.kind == "whole_file" and apply_edits(FILES, parsed.edits, ["train.py"]) == {"train.py": "LR = 1\n"}
+
+
+def test_path_in_fence_info_and_several_blocks():
+    text = ("DESCRIPTION: two knobs\n```python train.py\n<<<<<<< SEARCH\nLR = 0.04\n=======\nLR = 0.02\n>>>>>>> REPLACE\n"
+            "<<<<<<< SEARCH\nEPOCHS = 3\n======= \nEPOCHS = 4\n>>>>>>> REPLACE\n```\n")
+    parsed = parse_reply(text, ["train.py"])
+    out = apply_edits(FILES, parsed.edits, ["train.py"])["train.py"]
+    assert "LR = 0.02" in out and "EPOCHS = 4" in out and len(parsed.edits) == 2
 
 
 def test_search_replace_tolerates_trailing_whitespace_and_fences():

@@ -78,6 +78,11 @@ def _parse_search_replace(text: str, known: list[str]) -> list[Edit]:
             # The path is the nearest non-empty, non-fence line above the block.
             j = i - 1
             while j >= 0 and (not lines[j].strip() or _FENCE.match(lines[j])):
+                fence_info = [_clean_path(t) for t in lines[j].split()[1:]] if _FENCE.match(lines[j]) else []
+                if any(t in known for t in fence_info):  # ```python train.py
+                    current_file = next(t for t in fence_info if t in known)
+                    j = -1
+                    break
                 j -= 1
             if j >= 0:
                 candidate = _clean_path(lines[j])
@@ -89,7 +94,7 @@ def _parse_search_replace(text: str, known: list[str]) -> list[Edit]:
                 raise EditError(f"{label}: no file path on the line above '{SEARCH_MARK}'; put the path alone on that line")
             search: list[str] = []
             i += 1
-            while i < len(lines) and lines[i].rstrip("\r\n") != DIVIDER:
+            while i < len(lines) and lines[i].rstrip() != DIVIDER:
                 if lines[i].strip() == REPLACE_MARK:
                     raise EditError(f"{label} ({current_file}): missing '{DIVIDER}' line between SEARCH and REPLACE")
                 search.append(lines[i])

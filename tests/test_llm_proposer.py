@@ -380,7 +380,6 @@ def test_loop_on_quickstart_with_llm(quickstart_llm_run):
             assert KEY.encode() not in f.read_bytes(), f
 
 
-@pytest.mark.xfail(reason="loop.Session.execute removes runs/<id>/ (prompts included) before running; see the lead's fix", strict=False)
 def test_loop_keeps_prompts_and_replies(quickstart_llm_run):
     root, _, _ = quickstart_llm_run
     runs = root / ".autoresearch" / "runs"

@@ -138,6 +138,7 @@ class ProposerConfig(_Strict):
     request_timeout: float = 120.0
     max_retries: int = 5
     repair_turns: int = 2
+    retry_backoff: float = 2.0  # seconds; base of the backoff between retries of transient API errors
     price_input_per_mtok: float = 0.0
     price_output_per_mtok: float = 0.0
     response_format: Literal["text", "json_schema"] = "text"
@@ -147,6 +148,7 @@ class ProposerConfig(_Strict):
     agent_timeout: float = 1800.0
     # hybrid
     tune_steps: int = 5  # K: tune experiments after each kept LLM change
+    tune_first: int = 0  # tune experiments before the model's first turn
 
     @field_validator("agent_timeout", "request_timeout", mode="before")
     @classmethod

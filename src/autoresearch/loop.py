@@ -389,9 +389,10 @@ class Session:
         checkout = checkout or self.ws.worktree
         exp_id = len(self.ledger.experiments())
         run_dir = self.ws.state / "runs" / str(exp_id)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # left by an interrupted attempt with the same id
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for old in run_dir.iterdir():  # outputs of an interrupted attempt; the proposer's prompts stay
+            if old.name.startswith(("run", "evaluate", "artifacts")) or old.name == "diff.patch":
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
         (run_dir / "diff.patch").write_text(candidate.diff, encoding="utf-8")
         start = _now()
         self._update_pending(id=exp_id, parent=candidate.parent, commit=candidate.commit, tree=candidate.tree,
@@ -572,7 +573,8 @@ def step(session: Session, proposer: Proposer) -> dict[str, Any]:
             proposal: Proposal = proposer.propose(ctx)
         except ProposalInvalid as err:
             session.ws.reset()
-            rec = session.record_invalid(str(err), description="(no valid proposal)", proposer=proposer.name, proposal={})
+            rec = session.record_invalid(str(err), description="(no valid proposal)", proposer=proposer.name,
+                                         proposal=getattr(err, "meta", None) or {})  # tokens spent still count
             proposer.observe(rec)
             return rec
         try:

@@ -44,7 +44,7 @@ class HybridProposer(Proposer):
         self._tune: Proposer | None = None
         self.tune_steps = max(0, config.proposer.tune_steps)
         # Optional: tune experiments on the baseline code before the model's first turn.
-        self.tune_first = max(0, int(getattr(config.proposer, "tune_first", 0) or 0))
+        self.tune_first = max(0, config.proposer.tune_first)
         self.remaining = self._replay(history)
         self._last: Proposer | None = None
         self._history = history

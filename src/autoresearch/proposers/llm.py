@@ -221,7 +221,7 @@ class LLMProposer(Proposer):
                 )
             key = "not-needed"  # local OpenAI-compatible servers usually take no key
         self.json_mode = p.response_format == "json_schema"
-        self.retry_backoff = float(getattr(p, "retry_backoff", 2.0))
+        self.retry_backoff = p.retry_backoff
         self._chat: _Chat = _OpenAIChat(config, key) if p.provider == "openai" else _AnthropicChat(config, key)
         self._seen: dict[str, str] = {}  # files_hash -> "#id (status)" for changes already proposed
         self._pending: str | None = None

@@ -556,3 +556,21 @@ def test_editable_glob_matching_a_linked_folder(tmp_path):
     res = cli("run", root, "-n", "1")
     assert_clean_exit(res, 2)
     assert "experiment.editable entry 'lib' matches no file" in res.stderr
+
+
+def test_try_mode_change_that_links_code_from_outside(tmp_path):
+    """Agent-driven mode: an editable file replaced by a symlink to code outside the repository
+    would run code the commit does not hold. Rejected, reverted, nothing runs."""
+    root = make_experiment(tmp_path / "e", baseline_runs=1)
+    assert_clean_exit(cli("run", root, "-n", "0"), 0)
+    outside = tmp_path / "outside.py"
+    outside.write_text("print('score: 0.0')\n")
+    wt = root / ".autoresearch/worktree"
+    (wt / "train.py").unlink()
+    (wt / "train.py").symlink_to(outside)
+    res = cli("try", "-m", "borrow a better train.py", cwd=wt)
+    assert_clean_exit(res, 0)
+    assert res.stdout.startswith("rejected: experiment 1") and "symbolic link" in res.stdout
+    assert not (wt / "train.py").is_symlink() and "X = 3.0" in (wt / "train.py").read_text()
+    assert records(root)[1]["runs"] == [] and records(root)[1]["commit"] is None
+    assert_clean_exit(cli("verify", root), 0)

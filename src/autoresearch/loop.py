@@ -747,7 +747,12 @@ def try_change(path: Path, description: str, progress: Progress | None = None) -
             return rec
         if not inside:
             raise UserError(f"no change to the editable files ({', '.join(editable_patterns)}) in {checkout}; edit them first")
-        candidate = session.ws.commit_candidate(description, inside, checkout)
+        try:
+            candidate = session.ws.commit_candidate(description, inside, checkout)
+        except ProposalInvalid as err:
+            session.ws.restore(inside, checkout)
+            return session.record_invalid(f"{err} (reverted)", description=description, proposer="try", proposal={},
+                                          status="rejected")
         seen = session.tried_trees().get(candidate.tree)
         if seen is not None:
             raise UserError(f"this exact code already ran as experiment {seen}; try something different")

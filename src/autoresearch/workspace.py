@@ -284,6 +284,9 @@ class Workspace:
     def commit_candidate(self, message: str, paths: list[str], checkout: Path | None = None) -> Candidate:
         """Commit the checkout's current editable files as a child of HEAD without moving any branch."""
         checkout = checkout or self.worktree
+        links = [p for p in paths if self.in_tree(checkout, p).is_symlink()]
+        if links:  # the code behind a link is not in the commit, so the record would not say what ran
+            raise ProposalInvalid(f"{', '.join(links)} became a symbolic link; the code that runs must be in the commit")
         parent = self.head(checkout)
         with tempfile.TemporaryDirectory() as tmp:
             env = {**_AUTHOR_ENV, "GIT_INDEX_FILE": str(Path(tmp) / "index")}

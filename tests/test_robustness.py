@@ -574,3 +574,35 @@ def test_try_mode_change_that_links_code_from_outside(tmp_path):
     assert not (wt / "train.py").is_symlink() and "X = 3.0" in (wt / "train.py").read_text()
     assert records(root)[1]["runs"] == [] and records(root)[1]["commit"] is None
     assert_clean_exit(cli("verify", root), 0)
+
+
+AGENT_DELETES_GIT = '''\
+import os
+from pathlib import Path
+train = Path("train.py")
+train.write_text(train.read_text().replace("X = 3.0", "X = 2.0"))
+os.remove(".git")  # the worktree's link to the repository
+print("DESCRIPTION: X 3.0 -> 2.0")
+'''
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "proposers/agent.py runs git with `git -C <worktree>` and no ceiling: once the agent deletes the "
+    "worktree's .git, `rev-parse --show-toplevel` finds the user's own repository, and the proposer "
+    "restores 'changed' files there, reverting the user's uncommitted work"))
+def test_agent_that_deletes_dot_git_leaves_the_user_checkout_alone(tmp_path):
+    agent = tmp_path / "agent.py"
+    agent.write_text(AGENT_DELETES_GIT)
+    root = make_experiment(tmp_path / "e", baseline_runs=1, files={"notes.txt": "v1\n"}, protected=[])
+    (root / "autoresearch.toml").write_text((root / "autoresearch.toml").read_text()
+                                            + f'\n[proposer]\nkind = "agent"\ncommand = "{sys.executable} {agent}"\n')
+    git(root, "commit", "-qam", "agent proposer")
+    (root / "notes.txt").write_text("the user's uncommitted work\n")
+    from autoresearch.proposers import create
+
+    s = open_session(root)
+    s.measure_baseline()
+    rec = step(s, create(s.config, []))
+    assert (root / "notes.txt").read_text() == "the user's uncommitted work\n"
+    assert rec["status"] in ("invalid", "rejected", "keep")
+    assert_intact(root)

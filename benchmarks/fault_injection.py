@@ -169,7 +169,11 @@ def inject(root: Path, *, experiments: int = 50, min_kills: int = 0, seed: int =
     ledger = root / ".autoresearch" / "ledger.jsonl"
     pending = root / ".autoresearch" / "pending.json"
     started = time.monotonic()
+    max_rounds = 10 * (experiments + min_kills) + 10  # a harness that makes no progress must not loop forever
     while len(_experiments(ledger)) < experiments or summary.kills < min_kills:
+        if summary.restarts >= max_rounds:
+            summary.problems.append(f"no progress: {len(_experiments(ledger))} experiments after {summary.restarts} rounds")
+            break
         proc = subprocess.Popen(_cli("run", str(root), "-n", str(per_start)), env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         summary.restarts += 1

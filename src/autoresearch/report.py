@@ -127,26 +127,30 @@ def summary_lines(records: list[dict[str, Any]], header: dict[str, Any] | None =
 def status_table(records: list[dict[str, Any]], metric_name: str = "metric", last: int | None = None) -> Any:
     """A rich Table of the experiments given (or of the LAST of them): id, status, metric, delta, description."""
     from rich.table import Table
+    from rich.text import Text
 
     rows = records[-last:] if last else records
-    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
-    table.add_column("#", justify="right")
-    table.add_column("status")
-    table.add_column(metric_name, justify="right")
-    table.add_column("delta", justify="right")
-    table.add_column("description", overflow="ellipsis", no_wrap=True)
+    cells = []
     for rec in rows:
-        status = str(rec.get("status", ""))
-        style = STATUS_STYLE.get(status, ("", ""))[0]
         delta = rec.get("delta")
-        table.add_row(
-            str(rec.get("id", "")),
-            f"[{style}]{status}[/]" if style else status,
-            _fmt(rec.get("metric")),
-            _fmt(delta, "+.4g") if _finite(delta) else "",
-            _one_line(rec.get("description", ""), 100),
-            style=None,
-        )
+        cells.append((str(rec.get("id", "")), str(rec.get("status", "")), _fmt(rec.get("metric")),
+                      _fmt(delta, "+.4g") if _finite(delta) else "", _one_line(rec.get("description", ""), 200)))
+    heads = ("#", "status", metric_name, "delta")
+
+    def fit(i: int) -> int:
+        return max([len(heads[i])] + [len(c[i]) for c in cells])
+
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    table.add_column("#", justify="right", no_wrap=True, min_width=fit(0))
+    table.add_column("status", no_wrap=True, min_width=fit(1))
+    table.add_column(metric_name, justify="right", no_wrap=True, min_width=fit(2))
+    table.add_column("delta", justify="right", no_wrap=True, min_width=fit(3))
+    # Wrappable as a column, so rich narrows it first when space is short; each cell is a one-line
+    # Text cut with an ellipsis, so an experiment stays one row.
+    table.add_column("description", overflow="ellipsis", min_width=10)
+    for (rid, status, metric, delta, description) in cells:
+        style = STATUS_STYLE.get(status, ("", ""))[0]
+        table.add_row(rid, Text(status, style=style), metric, delta, Text(description, no_wrap=True, overflow="ellipsis"))
     return table
 
 

@@ -22,7 +22,8 @@ import time
 import zipfile
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads: spinning threads stall on shared cores
+import torch  # noqa: E402
 
 from prepare import (PrepareError, Tokenizer, autocast_dtype, causality_probe, evaluate_bpb, hardware,
                      val_batches)

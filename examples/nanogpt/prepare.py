@@ -36,8 +36,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads: spinning threads stall on shared cores
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Constants: fixed for every experiment so that scores compare.
@@ -166,7 +168,11 @@ def load_bible_web(download_dir: Path) -> list[tuple[str, str]]:
         book = verse_id // 1_000_000
         first, _ = books.get(book, (starts[verse_id], 0))
         books[book] = (first, ends[verse_id])
-    return [(f"book_{book:02d}", text[a:b]) for book, (a, b) in sorted(books.items())]
+    # Book titles: a dict keyed by Book.X enum members, in book order.
+    titles = [v.value for v in call.args[5].values if isinstance(v, ast.Constant)]
+    if len(titles) != len(books):
+        titles = [f"book {book}" for book in sorted(books)]
+    return [(title, text[a:b]) for title, (_, (a, b)) in zip(titles, sorted(books.items()))]
 
 
 def load_user_corpus(path: Path) -> list[tuple[str, str]]:
@@ -434,14 +440,14 @@ def prepare_corpus(corpus: str) -> dict:
 # ---------------------------------------------------------------------------
 # Dataloader
 
-def _tokens(corpus: str | None, split: str) -> torch.Tensor:
+def _tokens(corpus: str | None, split: str) -> np.ndarray:
     name = f"{split}/{split}.bin"
     verify(corpus, [name])
-    data = np.frombuffer((corpus_dir(corpus) / name).read_bytes(), dtype=np.uint16)
-    return torch.from_numpy(data.astype(np.int64))
+    return np.fromfile(corpus_dir(corpus) / name, dtype=np.uint16)
 
 
-def train_tokens(corpus: str | None = None) -> torch.Tensor:
+def train_tokens(corpus: str | None = None) -> np.ndarray:
+    """The training split as one array of uint16 token ids."""
     return _tokens(corpus, "train")
 
 
@@ -451,16 +457,17 @@ def train_bytes_per_token(corpus: str | None = None) -> float:
 
 
 def train_batches(batch_size: int, device: torch.device | str, seed: int = 0, corpus: str | None = None):
-    """Endless (x, y, epoch) batches of random SEQ_LEN windows from the training split; y is x shifted by one."""
+    """Endless (x, y, epoch) batches of random SEQ_LEN windows from the training split; y is x
+    shifted by one; epoch counts passes over the split."""
     data = train_tokens(corpus)
     if len(data) <= SEQ_LEN + 1:
         raise PrepareError(f"the training split has {len(data)} tokens, fewer than one window of {SEQ_LEN + 1}")
-    gen = torch.Generator().manual_seed(seed)
-    offsets = torch.arange(SEQ_LEN + 1)
+    rng = np.random.default_rng(seed)
+    offsets = np.arange(SEQ_LEN + 1)
     seen, n_windows = 0, len(data) // (SEQ_LEN + 1)
     while True:
-        starts = torch.randint(0, len(data) - SEQ_LEN - 1, (batch_size, 1), generator=gen)
-        chunk = data[starts + offsets]
+        starts = rng.integers(0, len(data) - SEQ_LEN - 1, size=(batch_size, 1))
+        chunk = torch.from_numpy(data[starts + offsets].astype(np.int64))
         seen += batch_size
         x, y = chunk[:, :-1], chunk[:, 1:]
         if str(device).startswith("cuda"):
@@ -471,7 +478,7 @@ def train_batches(batch_size: int, device: torch.device | str, seed: int = 0, co
 def val_batches(corpus: str | None = None) -> list[torch.Tensor]:
     """Consecutive, non-overlapping (EVAL_BATCH_SIZE, SEQ_LEN + 1) windows from the start of the
     validation split; the first token of each window is context only. Evaluator only."""
-    data = _tokens(corpus, "val")
+    data = torch.from_numpy(_tokens(corpus, "val").astype(np.int64))
     n_windows = min(EVAL_TOKENS // SEQ_LEN, (len(data) - 1) // SEQ_LEN)
     n_batches = n_windows // EVAL_BATCH_SIZE
     if n_batches == 0:

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads: spinning threads stall on shared cores
+import torch  # noqa: E402
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -61,7 +62,8 @@ def norm(x):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
-        self.n_head = config.width // config.head_dim
+        self.n_head = max(1, config.width // config.head_dim)
+        assert config.width % self.n_head == 0, f"WIDTH {config.width} does not split into {self.n_head} heads"
         self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
         self.proj = nn.Linear(config.width, config.width, bias=False)
 
@@ -166,7 +168,7 @@ batches = train_batches(BATCH_SIZE, device, seed=seed)
 
 def lr_multiplier(progress):
     if progress < WARMUP_RATIO:
-        return progress / WARMUP_RATIO
+        return max(progress / WARMUP_RATIO, 0.02)  # not zero: the first (untimed) steps still learn
     if progress < 1.0 - WARMDOWN_RATIO:
         return 1.0
     cooldown = (1.0 - progress) / WARMDOWN_RATIO

@@ -586,10 +586,6 @@ print("DESCRIPTION: X 3.0 -> 2.0")
 '''
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proposers/agent.py runs git with `git -C <worktree>` and no ceiling: once the agent deletes the "
-    "worktree's .git, `rev-parse --show-toplevel` finds the user's own repository, and the proposer "
-    "restores 'changed' files there, reverting the user's uncommitted work"))
 def test_agent_that_deletes_dot_git_leaves_the_user_checkout_alone(tmp_path):
     agent = tmp_path / "agent.py"
     agent.write_text(AGENT_DELETES_GIT)
@@ -606,3 +602,14 @@ def test_agent_that_deletes_dot_git_leaves_the_user_checkout_alone(tmp_path):
     assert (root / "notes.txt").read_text() == "the user's uncommitted work\n"
     assert rec["status"] in ("invalid", "rejected", "keep")
     assert_intact(root)
+
+
+def test_truncated_ledger_is_not_silently_replaced_by_a_new_run(tmp_path):
+    root = make_experiment(tmp_path / "e", baseline_runs=1)
+    assert cli("run", root, "-n", "1").returncode == 0
+    (root / ".autoresearch/ledger.jsonl").write_text("")
+    res = cli("run", root, "-n", "1")
+    assert res.returncode == 2 and "truncated or deleted" in res.stderr and "Traceback" not in res.stderr
+    fresh = cli("run", root, "-n", "0", "--new")
+    assert fresh.returncode == 0, fresh.stderr
+    assert list((root / ".autoresearch/archive").iterdir())  # the remains were archived, not mixed in

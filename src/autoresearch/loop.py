@@ -110,8 +110,15 @@ class Session:
         note = self.ledger.repair_torn_tail()
         if note:
             self.progress.warn(note)
-        if self.ledger.exists() and new:
+        runs = self.ws.state / "runs"
+        leftovers = self.ledger.path.exists() or (runs.is_dir() and any(runs.iterdir()))
+        if new and leftovers:
             self._archive()
+        elif not self.ledger.exists() and leftovers:
+            raise UserError(
+                f"{self.ledger.path} is empty or missing but {runs} holds experiments: the ledger was truncated or "
+                f"deleted; check it with `autoresearch verify {self.root}`, or start over with `autoresearch run {self.root} --new`"
+            )
         if self.ledger.exists():
             header = self.ledger.header()
             if header is None:
@@ -155,7 +162,10 @@ class Session:
         return Signer.load_or_create(key_id)
 
     def _archive(self) -> None:
-        old = self.ledger.header() or {}
+        try:
+            old = self.ledger.header() or {}
+        except Exception:  # an unreadable ledger is archived as it is
+            old = {}
         dest = self.ws.state / "archive" / str(old.get("tag", "old"))
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("ledger.jsonl", "results.tsv", "runs", "pending.json", "progress.png", "report.html"):

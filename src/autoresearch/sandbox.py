@@ -78,6 +78,7 @@ _GPU_DEVICES = ("/dev/nvidia*", "/dev/nvidia-caps", "/dev/dri", "/dev/kfd")
 _BWRAP_CACHE_ENV = {"TRITON_CACHE_DIR": "/tmp/.cache/triton", "MPLCONFIGDIR": "/tmp/.cache/matplotlib"}
 
 _CGROUP_PREFIX = "autoresearch-"  # then "<harness pid>-<random>"
+_TMP_TMPFS_BYTES = 4 << 30  # the sandbox's own /tmp
 _MASK_TMPFS_BYTES = 1 << 20  # a hidden folder becomes an empty tmpfs; writes to it go nowhere useful
 _BWRAP_OWN_PROCS = 3  # bwrap's outer process and its pid-1 reaper count against the process cap
 
@@ -474,7 +475,9 @@ def _bwrap_base(probe: _Probe, network: bool) -> list[str]:
     if not network:
         argv.append("--unshare-net")
     argv += ["--die-with-parent", "--cap-drop", "ALL"]
-    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+    # A fresh /tmp, capped when bwrap can size a tmpfs (else it could fill half the RAM).
+    tmp_size = ["--size", str(_TMP_TMPFS_BYTES)] if probe.size else []
+    argv += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *tmp_size, "--tmpfs", "/tmp"]
     if not network and os.path.isdir("/run"):
         # Unix sockets ignore read-only mounts (docker.sock, agents): keep them out of reach.
         argv += ["--tmpfs", "/run"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ProposalInvalid, UserError
+from ..workspace import git as workspace_git
 from . import Context, Proposal, Proposer
 from .edits import EditError, check_syntax, is_editable
 from .prompt import build_agent_prompt
@@ -45,10 +46,9 @@ KILL_GRACE_S = 5.0
 
 
 def _git(worktree: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", "-C", str(worktree), *args], capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args)} failed in {worktree}: {proc.stderr.strip()}")
-    return proc.stdout
+    # Through the workspace's git: it never climbs out of .autoresearch/ into the user's repository,
+    # even when an agent deleted the worktree's .git.
+    return workspace_git(*args, cwd=worktree, check=check)
 
 
 def changed_paths(worktree: Path) -> list[str]:
@@ -150,9 +150,14 @@ class AgentProposer(Proposer):
         prompt_file = run_dir / f"agent-prompt-{n}.md"
         prompt_file.write_text(build_agent_prompt(ctx), encoding="utf-8")
         head = _git(worktree, "rev-parse", "HEAD").strip()
-        dirty_before = set(changed_paths(Path(_git(worktree, "rev-parse", "--show-toplevel").strip())))
+        top_before = _git(worktree, "rev-parse", "--show-toplevel").strip()
+        dirty_before = set(changed_paths(Path(top_before)))
         cmd = self._command(ctx, prompt_file)
         code, wall = self._run(cmd, ctx)
+        top_after = _git(worktree, "rev-parse", "--show-toplevel", check=False).strip()
+        if top_after != top_before:  # the loop's reset rebuilds the worktree
+            raise _invalid("the agent damaged the worktree's git repository (its .git is gone or moved)",
+                           {"agent": self.agent, "exit_code": code, "wall_s": round(wall, 3)})
         stdout = (run_dir / "agent.stdout").read_text(encoding="utf-8", errors="replace")
         stderr = (run_dir / "agent.stderr").read_text(encoding="utf-8", errors="replace")
         edits, violations = self._collect(ctx, head, dirty_before)

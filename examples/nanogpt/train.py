@@ -26,10 +26,10 @@ from prepare import EVAL_BATCH_SIZE, SEQ_LEN, Tokenizer, autocast_dtype, hardwar
 # Hyperparameters (int and float literals: the `tune` proposer searches them)
 
 DEPTH = 4               # transformer blocks
-WIDTH = 512             # model dimension
+WIDTH = 256             # model dimension
 HEAD_DIM = 64           # dimension per attention head
 MLP_RATIO = 4           # hidden width of the MLP, as a multiple of WIDTH
-BATCH_SIZE = 16         # sequences of SEQ_LEN tokens per step
+BATCH_SIZE = 8          # sequences of SEQ_LEN tokens per step
 LEARNING_RATE = 0.003   # peak AdamW learning rate for the blocks
 EMBED_LR = 0.01         # peak learning rate for the embeddings and the output head
 WEIGHT_DECAY = 0.1      # AdamW weight decay on the matrices of the blocks

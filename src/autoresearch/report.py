@@ -119,6 +119,10 @@ def summary_lines(records: list[dict[str, Any]], header: dict[str, Any] | None =
         else:
             lines.append("best:     the baseline (no kept improvement yet)")
     lines.append(f"experiments: {s.experiments} ({_count_text(s.counts)})")
+    flagged = [r.get("id") for r in records if "suspicious" in (r.get("flags") or [])]
+    if flagged:
+        lines.append(f"flagged:  {len(flagged)} implausibly large gains, re-run before judging "
+                     f"(experiments {', '.join(map(str, flagged[-10:]))}; marked '!'); check with `autoresearch verify --rerun-ids`")
     if s.cost_usd:
         lines.append(f"proposer cost: ${s.cost_usd:.2f}")
     return lines
@@ -133,7 +137,8 @@ def status_table(records: list[dict[str, Any]], metric_name: str = "metric", las
     cells = []
     for rec in rows:
         delta = rec.get("delta")
-        cells.append((str(rec.get("id", "")), str(rec.get("status", "")), _fmt(rec.get("metric")),
+        flagged = "suspicious" in (rec.get("flags") or []) and rec.get("status") != "suspicious"
+        cells.append((str(rec.get("id", "")), str(rec.get("status", "")) + ("!" if flagged else ""), _fmt(rec.get("metric")),
                       _fmt(delta, "+.4g") if _finite(delta) else "", _one_line(rec.get("description", ""), 200)))
     heads = ("#", "status", metric_name, "delta")
 
@@ -149,7 +154,7 @@ def status_table(records: list[dict[str, Any]], metric_name: str = "metric", las
     # Text cut with an ellipsis, so an experiment stays one row.
     table.add_column("description", overflow="ellipsis", min_width=10)
     for (rid, status, metric, delta, description) in cells:
-        style = STATUS_STYLE.get(status, ("", ""))[0]
+        style = STATUS_STYLE.get(status.rstrip("!"), ("", ""))[0]
         table.add_row(rid, Text(status, style=style), metric, delta, Text(description, no_wrap=True, overflow="ellipsis"))
     return table
 
@@ -244,6 +249,8 @@ def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> b
     x_span = x_hi + 0.8
     for r in kept:
         label = _one_line(r.get("description", ""), _MAX_LABEL)
+        if "suspicious" in (r.get("flags") or []):
+            label = "(!) " + label  # an implausibly large gain that survived its re-run
         # Labels lean towards the worse side of the chart, where the view leaves room for them; near the
         # right edge they point left so they are not cut off.
         up = 1 if not maximize else -1

@@ -354,3 +354,17 @@ def test_proposer_api_key_never_reaches_the_experiment(tmp_path, monkeypatch):
     root = make_experiment(tmp_path / "e", train=train, baseline_runs=1)  # sandbox "none": nothing else strips it
     rec = open_session(root).measure_baseline()
     assert rec["metric"] == 0
+
+
+def test_noise_is_pooled_over_every_repeated_measurement(tmp_path):
+    # seed noise 0.001 per seed step: baseline seeds 0,1 -> std 0.000707; a confirmed keep adds its pair
+    root = make_experiment(tmp_path / "e")
+    (root / "autoresearch.toml").write_text((root / "autoresearch.toml").read_text() + "confirm = true\n")
+    git(root, "commit", "-qam", "confirm")
+    s = open_session(root)
+    s.measure_baseline()
+    assert s.noise() == pytest.approx(0.000707, rel=1e-2)
+    step(s, Scripted(s.config, [], [2.9]))
+    rec = Ledger(root / ".autoresearch").experiments()[-1]
+    assert rec["status"] == "keep" and rec["min_delta_used"] == pytest.approx(2 * 0.000707, rel=1e-2)
+    assert s.noise() == pytest.approx(0.000707, rel=1e-2)  # two pairs, same spread

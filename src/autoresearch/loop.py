@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import math
 import json
 import os
 import shutil
@@ -236,10 +237,26 @@ class Session:
         return (best_rec["metric"] if best_rec else None), best_rec
 
     def noise(self) -> float | None:
+        """Run-to-run std of the metric: pooled over every experiment measured more than once (the
+        baseline's seeds, confirmations, re-runs of implausible gains). Noise often shrinks as the
+        metric improves; pooling lets later repeated runs update the estimate the judge uses."""
+        name = self.config.metric.name
+        dof, ss = 0, 0.0
+        found = False
         for rec in self.ledger.experiments():
+            if rec["status"] not in ("baseline", "keep", "discard"):
+                continue
+            values = [v for v in ((r.get("metrics") or {}).get(name) for r in rec.get("runs", []))
+                      if isinstance(v, (int, float)) and math.isfinite(v)]
             if rec["status"] == "baseline":
-                return rec.get("noise")
-        return None
+                found = True
+            if len(values) >= 2:
+                mean = statistics.fmean(values)
+                ss += sum((v - mean) ** 2 for v in values)
+                dof += len(values) - 1
+        if not found:
+            return None
+        return math.sqrt(ss / dof) if dof else 0.0
 
     def has_baseline(self) -> bool:
         return any(r["status"] == "baseline" for r in self.ledger.experiments())
@@ -471,6 +488,8 @@ class Session:
             "runs": [m.info for m in runs],
             "best": new_best,
             "delta": (metric - best) if (metric is not None and best is not None and not baseline) else None,
+            "noise_used": noise,
+            "min_delta_used": judging.threshold(self.config.judge, noise) if not baseline else None,
             "memory_gb": round(memory_gb, 3),
             "command": self.config.experiment.run,
             "evaluate": self.config.experiment.evaluate,

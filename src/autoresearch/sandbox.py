@@ -484,6 +484,19 @@ def _bwrap_base(probe: _Probe, network: bool) -> list[str]:
     return argv
 
 
+def _interpreter_under_tmp() -> list[Path]:
+    """The harness's Python (a venv, a CI checkout) when it lives under /tmp, which the sandbox
+    replaces with a fresh tmpfs: bound back read-only so `python` still means the same Python."""
+    import sys
+
+    out = []
+    for prefix in {sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent.parent)}:
+        p = Path(prefix).resolve()
+        if p.is_relative_to("/tmp") and p != Path("/tmp"):
+            out.append(p)
+    return out
+
+
 def _bwrap_argv(spec: SandboxSpec, probe: _Probe) -> list[str]:
     argv = _bwrap_base(probe, spec.network)
     for dev in sorted({d for pattern in _GPU_DEVICES for d in glob.glob(pattern)}):
@@ -491,7 +504,7 @@ def _bwrap_argv(spec: SandboxSpec, probe: _Probe) -> list[str]:
 
     workdir = spec.workdir.resolve()
     # The worktree's .git file ties it to the run branch: `run` may not delete or redirect it.
-    readonly = [*spec.readonly, workdir / ".git"]
+    readonly = [*spec.readonly, workdir / ".git", *_interpreter_under_tmp()]
     home = Path.home()
     hidden = [*spec.hidden, *(home / rel for rel in HOME_SECRETS)]
     # (path, rank, args): parents are mounted before children so a child mount lands on top;

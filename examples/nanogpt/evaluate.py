@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import operator
 import os
 import re
 import sys
@@ -110,9 +111,12 @@ def load_model(path: Path, device: str):
                        "and change no state while it runs")
     for node in program.graph.nodes:
         if node.op == "call_function":
-            ok = isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "aten"
-            if not (ok or node.target.__name__ == "getitem"):
+            aten = isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "aten"
+            if not (aten or node.target is operator.getitem):
                 raise Rejected(f"the saved model calls {node.target}; only aten tensor ops are allowed")
+            if aten and node.target._schema.is_mutable:
+                raise Rejected(f"the saved model calls {node.target}, which changes its inputs in place; "
+                               "the saved program must not keep state")
         elif node.op not in ("placeholder", "output", "get_attr"):
             raise Rejected(f"the saved model has a {node.op} node; only aten tensor ops are allowed")
     module = program.module()
@@ -134,10 +138,13 @@ def main(argv: list[str]) -> int:
         tokenizer = Tokenizer.load(args.corpus)
         batches = val_batches(args.corpus)
         model = load_model(folder / MODEL_FILE, device)
-        reason = causality_probe(model, batches, device, dtype, tokenizer.vocab_size)
-        if reason:
-            raise Rejected(reason)
-        result = evaluate_bpb(model, batches, tokenizer.token_bytes(), device, dtype)
+        try:
+            reason = causality_probe(model, batches, device, dtype, tokenizer.vocab_size)
+            if reason:
+                raise Rejected(reason)
+            result = evaluate_bpb(model, batches, tokenizer.token_bytes(), device, dtype)
+        except RuntimeError as err:  # shape or dtype mismatch inside the saved graph
+            raise Rejected(f"the saved model failed on a validation batch ({str(err).splitlines()[0]})") from None
     except (Rejected, PrepareError) as err:
         print(f"evaluate.py: rejected: {err}", file=sys.stderr, flush=True)
         print(f"rejected: {err}", flush=True)

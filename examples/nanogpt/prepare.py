@@ -21,7 +21,6 @@ import argparse
 import ast
 import hashlib
 import heapq
-import io
 import json
 import os
 import re

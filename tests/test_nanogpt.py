@@ -209,6 +209,22 @@ def test_train_then_evaluate(trained):
     assert 0.5 < res["val_bpb"] < 8.5 and res["eval_tokens"] > 0 and "causality:        ok" in proc.stdout
 
 
+def test_cpu_attention_matches_sdpa(monkeypatch):
+    """train.py's CPU attention (plain matmuls, float32 softmax) computes what SDPA's causal kernel does."""
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    head = (EXAMPLE / "train.py").read_text().split("\n# Setup:", 1)[0]
+    module = type(sys)("train_head")
+    monkeypatch.setitem(sys.modules, "train_head", module)  # @dataclass looks its module up
+    exec(compile(head, "train.py", "exec"), module.__dict__)  # imports, knobs and the model; no training
+    attention = module.causal_attention
+    q, k, v = torch.randn(3, 2, 4, 16, 8).unbind(0)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(attention(q, k, v), expected, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert torch.allclose(got.float(), expected, atol=0.05)
+
+
 def test_training_process_never_opens_validation_files(prepared, trained):
     """The audit hook saw every file train.py opened: the training split, none of the validation one."""
     val_dir = str(corpus_dir(prepared) / "val")

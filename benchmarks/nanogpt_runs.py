@@ -46,6 +46,7 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=None, help="prepare with this VOCAB_SIZE in a separate cache")
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--out", default=None, help="append JSON lines here")
+    ap.add_argument("--logs", default=None, help="save each run's train and evaluate output in this folder")
     ap.add_argument("--no-eval", action="store_true", help="train only (throughput)")
     ap.add_argument("--wait-load", type=float, default=None,
                     help="before each run, wait (up to 20 min) until the 1-minute load average is below this")
@@ -96,6 +97,11 @@ def main() -> int:
                "load_before": load_before, "load_after": load()}
         if tr.returncode or ev.returncode:
             row["tail"] = (tr.stdout + tr.stderr + ev.stdout + ev.stderr)[-1500:]
+        if args.logs:
+            logs = Path(args.logs)
+            logs.mkdir(parents=True, exist_ok=True)
+            label = "-".join([f"seed{seed}", f"b{args.budget:g}", *(s.replace("=", "") for s in args.set)])
+            (logs / f"{label}.log").write_text(tr.stdout + tr.stderr + ev.stdout + ev.stderr)
         print(json.dumps(row), flush=True)
         results.append(row)
         if args.out:

@@ -145,9 +145,12 @@ def test_try_outside_the_run_branch_is_refused(exp):
 
 
 def _start(root: Path, *args: str, sleep: float) -> subprocess.Popen:
+    # A shell starts background jobs (`pytest &`) with SIGINT ignored, and Python then installs no
+    # Ctrl-C handler; give the harness the default so the Ctrl-C tests hold however pytest was started.
     return subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", str(root), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "SLEEP": str(sleep)})
+                            env={**os.environ, "SLEEP": str(sleep)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for_running(root: Path, exp_id: int, timeout: float = 60) -> None:

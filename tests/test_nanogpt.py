@@ -209,6 +209,43 @@ def test_train_then_evaluate(trained):
     assert 0.5 < res["val_bpb"] < 8.5 and res["eval_tokens"] > 0 and "causality:        ok" in proc.stdout
 
 
+def test_gpu_path_saves_the_weights_best_on_held_out_training_text(prepared, tmp_path):
+    """On a GPU train.py holds the end of the training split out and saves the checkpoint that did
+    best on it; forced on here (no GPU needed), with the GPU knobs set to the tiny model."""
+    exp = copy_example(tmp_path / "nanogpt", GPU_DEPTH="1", GPU_WIDTH="32", GPU_BATCH_SIZE="4")
+    text = (exp / "train.py").read_text()
+    text, n = re.subn(r"^many_epochs = .*$", "many_epochs = True", text, count=1, flags=re.M)
+    assert n == 1
+    (exp / "train.py").write_text(text)
+    env = env_for(prepared["cache"], prepared["corpus"], AUTORESEARCH_BUDGET_S="2",
+                  AUTORESEARCH_ARTIFACTS=str(tmp_path / "artifacts"))
+    proc = run_py(["train.py"], exp, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = metrics(proc.stdout)
+    assert 0 < out["holdout_bpb"] < 12 and 1 <= out["best_step"] <= out["num_steps"]
+    assert f"saving the weights of step {int(out['best_step'])}" in proc.stdout
+    proc = run_py(["evaluate.py"], exp, env)
+    assert proc.returncode == 0 and "causality:        ok" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_training_batches_leave_the_holdout_out(prepared, monkeypatch):
+    """train_batches(holdout_tokens=n) never draws from the last n tokens, which holdout_windows returns."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(prepared["cache"]))
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    import prepare
+
+    corpus = str(prepared["corpus"])
+    data = prepare.train_tokens(corpus)
+    holdout = prepare.holdout_windows(4, corpus)
+    assert holdout.shape == (4, prepare.SEQ_LEN + 1)
+    assert len(prepare.holdout_windows(10**6, corpus)) == len(data) // (20 * (prepare.SEQ_LEN + 1))  # a 20th at most
+    assert torch.equal(holdout.flatten(), torch.from_numpy(data[-holdout.numel():].astype("int64")))
+    # leave room for exactly one window: every batch is then the split's first SEQ_LEN + 1 tokens
+    x, y, _ = next(prepare.train_batches(3, "cpu", corpus=corpus, holdout_tokens=len(data) - prepare.SEQ_LEN - 2))
+    first = torch.from_numpy(data[: prepare.SEQ_LEN + 1].astype("int64"))
+    assert all(torch.equal(row, first[:-1]) for row in x) and all(torch.equal(row, first[1:]) for row in y)
+
+
 def test_cpu_attention_matches_sdpa(monkeypatch):
     """train.py's CPU attention (plain matmuls, float32 softmax) computes what SDPA's causal kernel does."""
     monkeypatch.syspath_prepend(str(EXAMPLE))

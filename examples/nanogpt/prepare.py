@@ -455,10 +455,14 @@ def train_bytes_per_token(corpus: str | None = None) -> float:
     return m["bytes"] / max(1, m["tokens"])
 
 
-def train_batches(batch_size: int, device: torch.device | str, seed: int = 0, corpus: str | None = None):
+def train_batches(batch_size: int, device: torch.device | str, seed: int = 0, corpus: str | None = None,
+                  holdout_tokens: int = 0):
     """Endless (x, y, epoch) batches of random SEQ_LEN windows from the training split; y is x
-    shifted by one; epoch counts passes over the split."""
+    shifted by one; epoch counts passes over the split. The last `holdout_tokens` tokens are left
+    out (see holdout_windows)."""
     data = train_tokens(corpus)
+    if holdout_tokens:
+        data = data[:-holdout_tokens]
     if len(data) <= SEQ_LEN + 1:
         raise PrepareError(f"the training split has {len(data)} tokens, fewer than one window of {SEQ_LEN + 1}")
     rng = np.random.default_rng(seed)
@@ -472,6 +476,17 @@ def train_batches(batch_size: int, device: torch.device | str, seed: int = 0, co
         if str(device).startswith("cuda"):
             x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         yield x, y, seen // n_windows
+
+
+def holdout_windows(max_windows: int, corpus: str | None = None) -> torch.Tensor:
+    """Up to max_windows (SEQ_LEN + 1)-token windows from the end of the training split, at most a
+    20th of it: text train.py may keep out of training (train_batches' holdout_tokens) to choose
+    among its own checkpoints. The validation split stays out of its reach."""
+    data = train_tokens(corpus)
+    n_windows = min(max_windows, len(data) // (20 * (SEQ_LEN + 1)))
+    if n_windows < 1:
+        raise PrepareError(f"the training split has {len(data)} tokens, too few to hold a window out of it")
+    return torch.from_numpy(data[-n_windows * (SEQ_LEN + 1):].astype(np.int64)).view(n_windows, SEQ_LEN + 1)
 
 
 def val_batches(corpus: str | None = None) -> list[torch.Tensor]:

@@ -62,6 +62,19 @@ def test_progress_png_is_a_valid_image(tmp_path, case, goal):
     assert not (tmp_path / "out" / "progress.png.tmp").exists()
 
 
+@pytest.mark.parametrize("goal", ["minimize", "maximize"])
+def test_chart_shows_near_misses_better_than_the_best(goal):
+    """A discard just past the best (a win too small to keep) is in view; a wild one is clipped."""
+    from autoresearch.report import _view_limits
+
+    s = 1 if goal == "minimize" else -1  # maximizing: the same run mirrored
+    kept, band = [s * 2.38, s * 2.36], sorted([s * 2.365, s * 2.395])
+    near, wild, worse = s * 2.357, s * 1.36, s * 2.88
+    lo, hi = _view_limits(kept, tuple(band), goal == "maximize", [near, wild, worse])
+    assert lo < near < hi
+    assert not lo <= wild <= hi and not lo <= worse <= hi
+
+
 def test_report_html_is_self_contained(tmp_path):
     records = CASES["full"]
     path = write_report_html(records, HEADER, tmp_path / "report.html")

@@ -162,13 +162,21 @@ def status_table(records: list[dict[str, Any]], metric_name: str = "metric", las
 # ---- the progress chart --------------------------------------------------------------------------
 
 
-def _view_limits(values: list[float], band: tuple[float, float] | None, maximize: bool) -> tuple[float, float]:
-    """Y range that shows the baseline band, every kept point and the near misses; far-off discards
-    are drawn clipped at the edge rather than squashing the interesting part."""
+def _view_limits(values: list[float], band: tuple[float, float] | None, maximize: bool,
+                 others: list[float] = ()) -> tuple[float, float]:
+    """Y range that shows the baseline band, every kept point and the near misses (`others` that
+    landed on the better side of them, within their span: wins too small to keep); far-off
+    discards are drawn clipped at the edge rather than squashing the interesting part."""
     core = list(values)
     if band:
         core += list(band)
     lo, hi = min(core), max(core)
+    reach = max(hi - lo, abs(hi) * 0.01)
+    if maximize:
+        near = [v for v in others if hi < v <= hi + reach]
+    else:
+        near = [v for v in others if lo - reach <= v < lo]
+    lo, hi = min([lo, *near]), max([hi, *near])
     if hi == lo:  # only the baseline, without noise: centre it
         half = abs(hi) * 0.05 or 0.5
         return lo - half, hi + half
@@ -209,7 +217,7 @@ def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> b
         anchor_values.append(s.baseline)
     if not anchor_values:
         anchor_values = [float(r["metric"]) for r in measured] or [0.0, 1.0]
-    ylo, yhi = _view_limits(anchor_values, band, maximize)
+    ylo, yhi = _view_limits(anchor_values, band, maximize, [float(r["metric"]) for r in measured])
     x_hi = max(last_id, 1) + 0.8
 
     if band is not None:
@@ -222,11 +230,12 @@ def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> b
     outside = [r for r in measured if not ylo <= r["metric"] <= yhi]
     ax.scatter([r["id"] for r in inside], [r["metric"] for r in inside], s=22, color="#8c959f", alpha=0.55,
                lw=0, zorder=2)
-    if outside:
-        edge_lo, edge_hi = ylo + 0.012 * (yhi - ylo), yhi - 0.012 * (yhi - ylo)
-        ax.scatter([r["id"] for r in outside], [edge_hi if r["metric"] > yhi else edge_lo for r in outside],
-                   s=26, marker="^" if not maximize else "v", color="#8c959f", alpha=0.45, lw=0, zorder=2,
-                   clip_on=False)
+    edge_lo, edge_hi = ylo + 0.012 * (yhi - ylo), yhi - 0.012 * (yhi - ylo)
+    for side, edge, marker in ((lambda v: v > yhi, edge_hi, "^"), (lambda v: v < ylo, edge_lo, "v")):
+        off = [r["id"] for r in outside if side(r["metric"])]  # the marker points the way the value lies
+        if off:
+            ax.scatter(off, [edge] * len(off), s=26, marker=marker, color="#8c959f", alpha=0.45, lw=0, zorder=2,
+                       clip_on=False)
 
     # Running best as a step line from the baseline through every keep to the last experiment.
     steps_x, steps_y = [], []

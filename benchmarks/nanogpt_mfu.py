@@ -13,7 +13,8 @@ MFU against the median and the best peak sample of the same run, and against the
 Variants: `shipped` is train.py as it is (model code taken from the file itself);
 `sdpa+foreach` swaps in what it used before (SDPA's CPU flash attention, the default AdamW);
 `--compile` adds train.py's model under torch.compile (not the default on a CPU: a 30-40 s
-compile per new shape).
+compile per new shape). `matmuls only` runs nothing but the model's matmuls (forward and backward
+shapes, bf16): its MFU is the ceiling of this model shape on this machine.
 """
 
 from __future__ import annotations
@@ -72,6 +73,32 @@ def make_step(ns: dict, vocab: int, seq_len: int, *, fused=True, compiled=False)
     return step, model.flops_per_token() * batch * seq_len, batch * seq_len
 
 
+def make_matmul_step(ns: dict, vocab: int, seq_len: int):
+    """Only the model's matmuls, in the shapes and orientations of its forward and backward pass, in
+    bf16: the step time if nothing but matmuls cost anything, so its MFU is this shape's ceiling.
+    Same FLOP count as GPT.flops_per_token."""
+    depth, width, batch, ratio = ns["DEPTH"], ns["WIDTH"], ns["BATCH_SIZE"], ns["MLP_RATIO"]
+    heads = max(1, width // ns["HEAD_DIM"])
+    head_dim, tokens = width // heads, batch * seq_len
+
+    def t(*shape):
+        return torch.randn(*shape, dtype=torch.bfloat16)
+    pairs = []
+    for k, n in [(width, 3 * width), (width, width), (width, ratio * width), (ratio * width, width)] * depth + [(width, vocab)]:
+        x, w, g = t(tokens, k), t(n, k), t(tokens, n)
+        pairs += [(x, w.t()), (g, w), (g.t(), x)]  # y = x w^T; dx = g w; dw = g^T x
+    q, scores = t(batch * heads, seq_len, head_dim), t(batch * heads, seq_len, seq_len)
+    for _ in range(depth):  # q k^T, p v; backward: dp = do v^T, dv = p^T do, dq = ds k, dk = ds^T q
+        pairs += [(q, q.transpose(1, 2)), (scores, q), (q, q.transpose(1, 2)), (scores.transpose(1, 2), q),
+                  (scores, q), (scores.transpose(1, 2), q)]
+    flops = sum(2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1) for a, b in pairs)
+
+    def step():
+        for a, b in pairs:
+            torch.matmul(a, b)
+    return step, flops, tokens
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=30)
@@ -93,7 +120,9 @@ def main() -> int:
     before = train_module(args.set)
     before["causal_attention"] = sdpa  # the model's methods look it up in this namespace at call time
     variants = {"shipped": make_step(ns, vocab, seq_len),
-                "sdpa+foreach": make_step(before, vocab, seq_len, fused=False)}
+                "sdpa+foreach": make_step(before, vocab, seq_len, fused=False),
+                "matmuls only": make_matmul_step(ns, vocab, seq_len)}
+    assert variants["matmuls only"][1] == variants["shipped"][1], "the matmul list must count the model's FLOPs"
     if args.compile:
         t = time.perf_counter()
         variants["compiled"] = make_step(ns, vocab, seq_len, compiled=True)

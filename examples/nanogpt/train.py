@@ -43,7 +43,7 @@ FINAL_LR_FRAC = 0.1     # learning rate at the end, as a fraction of the peak
 INIT_STD = 0.035        # standard deviation of the initial weights
 
 # On a CUDA GPU these replace DEPTH, WIDTH and BATCH_SIZE (autoresearch.toml leaves them out of the
-# CPU search). An H200 passes over the default corpus about 100 times a minute, so on a GPU the
+# CPU search). An H200 reads the default corpus more than 100 times a minute, so on a GPU the
 # weights saved are those that did best on held-out training text, not the last ones.
 GPU_DEPTH = 4
 GPU_WIDTH = 384

@@ -4,6 +4,7 @@ budget of a couple of seconds; the real Shakespeare download is marked slow."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -129,6 +130,10 @@ def test_prepare_splits_by_whole_documents(prepared):
     # training and validation tokens are in separate folders, so the latter can be hidden
     assert (corpus_dir(prepared) / "train" / "train.bin").is_file()
     assert (corpus_dir(prepared) / "val" / "val.bin").is_file()
+    # per validation document: its sha256 and fingerprints of its text and of its tokens
+    texts = {p.name: p.read_bytes() for p in prepared["corpus"].glob("*.txt")}
+    for name, doc in m["val"]["fingerprints"].items():
+        assert doc["sha256"] == hashlib.sha256(texts[name]).hexdigest() and doc["text"] and doc["tokens"]
     assert "hardware:" in prepared["log"] and "TFLOP/s" in prepared["log"]
 
 
@@ -287,6 +292,15 @@ class Cheat(torch.nn.Module):
             x = x + self.emb(torch.roll(idx, shifts=-1, dims=1))
         elif self.how == "peeks_next_row":  # consecutive windows: the next row continues this one
             x = x + self.emb(torch.roll(idx, shifts=-1, dims=0))
+        elif self.how == "peeks_at_one_position":  # one position of every row adds the next token
+            at = (torch.arange(idx.size(1)) == 137).float()[None, :, None]
+            x = x + at * self.emb(torch.roll(idx, shifts=-1, dims=1))
+        elif self.how == "peeks_in_one_row":  # one position of one row only
+            at = ((torch.arange(idx.size(0))[:, None] == 3) & (torch.arange(idx.size(1)) == 250)).float()[..., None]
+            x = x + at * self.emb(torch.roll(idx, shifts=-1, dims=1))
+        elif self.how == "peeks_past_the_end":  # the last position reads the next row's first token
+            at = (torch.arange(idx.size(1)) == idx.size(1) - 1).float()[None, :, None]
+            x = x + at * self.emb(torch.roll(idx[:, :1], shifts=-1, dims=0))
         elif self.how == "random":  # dropout left on: the score would be a coin toss
             x = torch.nn.functional.dropout(x, 0.5, training=True)
         return self.head(x)
@@ -318,7 +332,8 @@ def test_evaluator_refuses_cheats_and_unsafe_archives(prepared, trained, tmp_pat
         return lambda name, data: data.replace(old, new, 1) if name.endswith(suffix) else data
 
     cases = {name: (save_program(Cheat(vocab, name), tmp_path / name), reason) for name, reason in
-             [("peeks_ahead", "looks ahead"), ("peeks_next_row", "looks ahead"), ("random", "not deterministic")]}
+             [("peeks_ahead", "looks ahead"), ("peeks_next_row", "looks ahead"), ("peeks_at_one_position", "looks ahead"),
+              ("peeks_in_one_row", "looks ahead"), ("peeks_past_the_end", "looks ahead"), ("random", "not deterministic")]}
     keep = lambda name, data: data  # noqa: E731
     cases.update({
         # an extra pickle inside the archive

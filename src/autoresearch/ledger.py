@@ -34,6 +34,31 @@ def line_hash(line: bytes) -> str:
     return hashlib.sha256(line.rstrip(b"\n")).hexdigest()
 
 
+def chain_head(state_dir: Path) -> tuple[int, str]:
+    """(records, head): how many lines the ledger holds and the sha256 of the last one (64 zeros
+    for none). The head commits to every earlier line, so a user who notes it (or a time-stamp
+    authority that signs it) can later tell whether anything before it was rewritten or removed."""
+    path = Path(state_dir) / LEDGER_NAME
+    count, last = 0, GENESIS
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    count, last = count + 1, line_hash(line)
+    except FileNotFoundError:
+        pass
+    return count, last
+
+
+def format_chain_head(count: int, head: str) -> str:
+    return f"chain: {count} records, head {head[:16]}…"
+
+
+def chain_head_line(state_dir: Path) -> str:
+    """The line the loop prints at every stop and `status` prints: `chain: 23 records, head 3f2a…`."""
+    return format_chain_head(*chain_head(state_dir))
+
+
 def _clean_cell(value: Any) -> str:
     return " ".join(str(value).split())  # no tabs or newlines inside a cell
 
@@ -109,14 +134,23 @@ class Ledger:
         self._records, self._last_hash, self._loaded = records, last, True
         return records
 
-    def adopt(self, records: list[dict[str, Any]]) -> None:
+    def adopt(self, records: list[dict[str, Any]], last_hash: str | None = None) -> None:
         """Use records already parsed (by verify_chain) instead of reading the file again."""
         self._records, self._loaded = records, True
+        if last_hash is not None:
+            self._last_hash = last_hash
 
     def records(self) -> list[dict[str, Any]]:
         if not self._loaded:
             self.load()
         return self._records
+
+    def chain_head(self) -> tuple[int, str]:
+        """(records, head) as this ledger last read or wrote them: free after an append, unlike the
+        module's `chain_head(state_dir)`, which reads the file."""
+        if not self._loaded:
+            self.load()
+        return len(self._records), self._last_hash
 
     def header(self) -> dict[str, Any] | None:
         recs = self.records()
@@ -205,6 +239,7 @@ class ChainReport:
     first_bad: int | None = None  # 1-based line number
     public_key: str | None = None
     parsed: list[dict[str, Any]] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)  # sha256 of each good line: the chain head after it
 
 
 def verify_chain(path: Path, check_signatures: bool = True) -> ChainReport:
@@ -217,9 +252,10 @@ def verify_chain(path: Path, check_signatures: bool = True) -> ChainReport:
     prev, n, next_id = GENESIS, 0, 0
     public_key: str | None = None
     records: list[dict[str, Any]] = []
+    hashes: list[str] = []
 
     def bad(n: int, text: str) -> ChainReport:
-        return ChainReport(False, n, [text], n, public_key, records)
+        return ChainReport(False, n, [text], n, public_key, records, hashes)
 
     def label(rec: dict[str, Any], n: int) -> str:
         where = f"{path.name} line {n}"
@@ -264,10 +300,11 @@ def verify_chain(path: Path, check_signatures: bool = True) -> ChainReport:
                 next_id += 1
             records.append(rec)
             prev = line_hash(line)
+            hashes.append(prev)
     if n == 0:
         return bad(1, f"{path.name} is empty: even the run's start record is gone")
     if records and public_key and check_signatures and not signature_ok(records[-1]):
         for i, rec in enumerate(records, 1):  # find the first record whose own signature fails
             if not signature_ok(rec):
                 return bad(i, f"{label(rec, i)}: bad or missing signature; the record was altered after it was signed")
-    return ChainReport(True, n, [], None, public_key, records)
+    return ChainReport(True, n, [], None, public_key, records, hashes)

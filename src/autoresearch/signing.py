@@ -141,8 +141,91 @@ class Signer:
     def sign(self, data: bytes) -> str:
         return self._key.sign(data).hex()
 
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.public_key)
+
+    def dsse_signer(self):
+        """This key as a securesystemslib signer (for DSSE envelopes), its keyid our fingerprint.
+        Imported lazily: only `export --format in-toto` needs securesystemslib."""
+        from securesystemslib.signer import CryptoSigner
+
+        return CryptoSigner(self._key, dsse_key(self.public_key))
+
     def __repr__(self) -> str:  # never print key material
         return f"Signer(public_key={self.public_key[:16]}…, path={self.path})"
+
+
+def load_run_signer(header: dict[str, Any]) -> Signer:
+    """The private key of the run whose start record is `header`, never a new one: a missing or
+    different key is a user error (signing with another key would forge the run's identity)."""
+    key_id = str(header.get("key_id", ""))
+    _check_key_id(key_id)
+    path = key_dir() / f"{key_id}.key"
+    if not path.exists():
+        raise UserError(f"the run's private key {path} is missing, so nothing can be signed for this run; "
+                        "sign on the machine that ran it (or set AUTORESEARCH_KEY_DIR to the folder holding it)")
+    signer = Signer(_read_private_key(path), path)
+    if signer.public_key != header.get("public_key"):
+        raise UserError(f"{path} is not the key the run's start record names (fingerprint "
+                        f"{fingerprint(str(header.get('public_key')))[:16]}…); point AUTORESEARCH_KEY_DIR at the run's own keys")
+    return signer
+
+
+def fingerprint(public_key: str) -> str:
+    """A run key's fingerprint: the sha256 (hex) of the raw 32-byte Ed25519 public key. This is
+    what a verifier compares out of band (`verify --bundle B --key FINGERPRINT`)."""
+    try:
+        raw = bytes.fromhex(public_key)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != _RAW_KEY_LEN:
+        raise ValueError(f"not an Ed25519 public key (64 hex digits): {str(public_key)[:80]!r}")
+    return hashlib.sha256(raw).hexdigest()
+
+
+def public_key_pem(public_key: str) -> bytes:
+    """The hex public key as a SubjectPublicKeyInfo PEM, the form openssl and most tools read."""
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def dsse_key(public_key: str):
+    """The hex public key as a securesystemslib SSlibKey whose keyid is our fingerprint."""
+    from securesystemslib.signer import SSlibKey
+
+    return SSlibKey(fingerprint(public_key), "ed25519", "ed25519", {"public": public_key})
+
+
+_HEX64 = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
+
+
+def trusted_key_ids(spec: str) -> set[str]:
+    """What `--key SPEC` trusts, as a set of fingerprints: SPEC is a fingerprint (64 hex digits,
+    optionally `sha256:`-prefixed), or a file holding a PEM public key, a raw 32-byte key, or the
+    key or its fingerprint in hex. 64 hex digits are taken both ways (a key or a fingerprint): a
+    key whose fingerprint equals another key would be a sha256 preimage."""
+    text = spec.strip()
+    path = Path(text).expanduser()
+    if path.is_file():
+        data = path.read_bytes()
+        if len(data) == _RAW_KEY_LEN:
+            return {hashlib.sha256(data).hexdigest()}
+        if b"-----BEGIN" in data:
+            try:
+                key = serialization.load_pem_public_key(data)
+            except ValueError as e:
+                raise UserError(f"{path} holds no readable PEM public key ({e}); pass the run's public key or its fingerprint") from None
+            if not isinstance(key, Ed25519PublicKey):
+                raise UserError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
+            return {fingerprint(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex())}
+        text = data.decode("utf-8", "replace").strip()
+    m = _HEX64.match(text)
+    if not m:
+        raise UserError(f"--key {spec[:80]!r} is neither a key fingerprint (64 hex digits) nor a public key file "
+                        "(PEM, raw 32 bytes or hex); copy the fingerprint the run printed")
+    value = m.group(1).lower()
+    return {value, fingerprint(value)}
 
 
 def verify_signature(public_key_hex: str, data: bytes, sig_hex: str) -> bool:

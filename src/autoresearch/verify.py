@@ -17,7 +17,8 @@ from typing import Any
 
 from .errors import UserError
 from .ledger import LEDGER_NAME, RESULTS_NAME, Ledger, verify_chain
-from .workspace import BRANCH_PREFIX, STATE_DIR, Workspace, git
+from .timestamp import TOKEN_DIR
+from .workspace import BRANCH_PREFIX, Workspace, git
 
 BUNDLE_FORMAT = "autoresearch-evidence-1"
 
@@ -56,20 +57,32 @@ def _sha256_or_none(path: str) -> str | None:
         return None
 
 
-def _check_records(state: Path, rep: VerifyReport) -> list[dict[str, Any]] | None:
-    """Checks that need only the state folder (or a bundle of it): chain, signatures, patches, logs,
-    protected manifest, results.tsv. Returns the records, or None when the chain is broken."""
+def _fingerprint_or_key(key: str) -> str:
+    from .signing import fingerprint
+
+    try:
+        return fingerprint(key)
+    except ValueError:
+        return key
+
+
+def _check_records(state: Path, rep: VerifyReport, tsa_ca: Path | None = None) -> list[dict[str, Any]] | None:
+    """Checks that need only the state folder (or a bundle of it): chain, signatures, time-stamp
+    tokens, patches, logs, protected manifest, results.tsv. Returns the records, or None when the
+    chain is broken."""
     ledger = Ledger(state)
     chain = verify_chain(ledger.path)
     if not chain.ok:
         for problem in chain.problems:
             rep.fail(problem)
         return None
+    _check_timestamps(state, chain.hashes, tsa_ca, rep)
     records = chain.parsed
-    ledger.adopt(records)
+    ledger.adopt(records, chain.hashes[-1] if chain.hashes else None)
     exps = [r for r in records if r.get("kind") == "experiment"]
     key = chain.public_key
-    rep.note(f"chain: {chain.records} records linked" + (f", signed (key {key[:16]}…)" if key else " (unsigned)"))
+    rep.note(f"chain: {chain.records} records linked, head {chain.hashes[-1][:16]}…" +
+             (f", signed (key fingerprint {_fingerprint_or_key(key)[:16]}…)" if key else " (unsigned)"))
     if not key:
         rep.fail("the run's start record has no public key, so nothing is signed")
 
@@ -122,7 +135,9 @@ def _is_ancestor(root: Path, commit: str, head: str) -> bool:
 
 
 def _check_git(ws: Workspace, records: list[dict[str, Any]], rep: VerifyReport) -> None:
-    """Kept commits are on the run branch with their recorded trees; the head is the last keep."""
+    """Kept commits are on the run branch with their recorded trees and form one chain from the
+    base commit (each keep's parent is the keep before it); the head is the last keep; and the branch
+    holds no commit the record does not (an agent's own `git commit` in the worktree)."""
     header = records[0]
     exps = [r for r in records if r.get("kind") == "experiment"]
     branch = f"{BRANCH_PREFIX}{header['tag']}"
@@ -130,10 +145,16 @@ def _check_git(ws: Workspace, records: list[dict[str, Any]], rep: VerifyReport) 
     if not head:
         rep.fail(f"the run branch {branch} does not exist")
         return
+    base = str(header.get("base_commit") or "")
     kept = [r for r in exps if r["status"] == "keep"]
+    expected_parent = base
     for rec in kept:
         where = f"experiment {rec['id']} (keep)"
         tree = git("rev-parse", "--verify", "-q", f"{rec['commit']}^{{tree}}", cwd=ws.root, check=False).strip()
+        if rec.get("parent") != expected_parent:
+            before = "the run's base commit" if expected_parent == base else "the previous kept commit"
+            rep.fail(f"{where}: its parent {str(rec.get('parent'))[:12]} is not {before} {expected_parent[:12]}; "
+                     "the kept commits do not form one chain (something moved the run branch between keeps)")
         if not tree:
             rep.fail(f"{where}: commit {rec['commit'][:12]} is not in the repository")
         elif tree != rec.get("tree"):
@@ -142,21 +163,119 @@ def _check_git(ws: Workspace, records: list[dict[str, Any]], rep: VerifyReport) 
             rep.fail(f"{where}: commit {rec['commit'][:12]} is not on {branch}")
         elif hashlib.sha256(ws.diff(rec["parent"], rec["commit"]).encode()).hexdigest() != rec.get("diff_sha256"):
             rep.fail(f"{where}: the diff of commit {rec['commit'][:12]} against its parent is not the recorded diff")
-    expected = kept[-1]["commit"] if kept else header.get("base_commit")
+        expected_parent = str(rec.get("commit"))
+    expected = kept[-1]["commit"] if kept else base
     if head != expected:
         rep.fail(f"{branch} points at {head[:12]}, but the last kept record is {str(expected)[:12]}")
-    elif rep.ok:
-        rep.note(f"git: {branch} at {head[:12]} = the last kept record; {len(kept)} kept commits carry their recorded trees and diffs")
+    on_branch = git("rev-list", f"{base}..{head}", cwd=ws.root, check=False).split() if base else []
+    recorded = {r.get("commit") for r in kept}
+    unrecorded = [c for c in on_branch if c not in recorded]
+    if unrecorded:
+        subject = git("log", "-1", "--format=%s", unrecorded[-1], cwd=ws.root, check=False).strip()
+        rep.fail(f"{branch} holds {len(unrecorded)} commit(s) that no kept record names, the first {unrecorded[-1][:12]} "
+                 f"({subject[:60]!r}); something committed on the run branch behind the harness's back")
+    if rep.ok:
+        rep.note(f"git: {branch} at {head[:12]} = the last kept record; {len(kept)} kept commits form one chain "
+                 f"from {base[:12]} and carry their recorded trees and diffs; no other commits on the branch")
 
 
-def verify_run(root: Path) -> VerifyReport:
+def _check_key(public_key: str | None, key: str | None, rep: VerifyReport, what: str) -> None:
+    """Compare the record's key with one the verifier already trusts; without one, say plainly that
+    the evidence is only consistent with itself (anyone can re-sign a copy with a fresh key)."""
+    from .signing import fingerprint, trusted_key_ids
+
+    try:
+        actual = fingerprint(public_key or "")
+    except ValueError:
+        return  # no key: _check_records already failed
+    if key is None:
+        rep.note(f"WARNING: {what} is only self-consistent: it carries its own public key, so a copy re-signed with "
+                 f"a fresh key passes too. Compare the key's fingerprint with the one the run printed, or pass "
+                 f"--key: {actual}")
+        return
+    if actual in trusted_key_ids(key):
+        rep.note(f"key: signed by the trusted key {actual[:16]}…")
+    else:
+        rep.fail(f"{what} is signed by key {actual[:16]}…, not by the key you trust ({key[:64]}); it was re-signed or is another run's")
+
+
+def _check_timestamps(state: Path, hashes: list[str], ca: Path | None, rep: VerifyReport) -> None:
+    from .timestamp import check_tokens
+
+    result = check_tokens(state, hashes, ca)
+    for problem in result.problems:
+        rep.fail(problem)
+    if result.checked and result.ok:
+        who = "signed by the trusted TSA" if result.trusted else (
+            "their signer NOT checked: set [evidence] timestamp_ca or pass --tsa-ca")
+        rep.note(f"timestamps: {result.checked} tokens match the chain ({who}); latest {result.latest}")
+
+
+def _tsa_ca(root: Path, tsa_ca: Path | None) -> Path | None:
+    if tsa_ca is not None:
+        return Path(tsa_ca)
+    from .timestamp import load_evidence_config
+
+    configured = load_evidence_config(root).timestamp_ca
+    return (Path(root) / Path(configured).expanduser()) if configured else None
+
+
+IN_PROCESS_PROPOSERS = ("tune", "llm", "hybrid", "baseline")  # they return text; they run no code of their own
+
+
+def guarantee_of(rec: dict[str, Any]) -> str:
+    """Which guarantees held for one experiment, as enforced (from its record): the sandbox of its
+    runs and the promises it kept, and whether its proposer was confined."""
+    runs = rec.get("runs") or []
+    if runs:
+        modes = sorted({r.get("sandbox", "?") for r in runs})
+        broken = sorted({k for r in runs for k, held in (r.get("enforced") or {}).items() if not held})
+        sandbox = f"sandbox {'/'.join(modes)}" + (f" (not enforced: {', '.join(broken)})" if broken else " (every promise held)")
+    else:
+        sandbox = "nothing ran"
+    proposer = str(rec.get("proposer", ""))
+    confined = (rec.get("proposal") or {}).get("confined")
+    if proposer.split(":")[0] in IN_PROCESS_PROPOSERS:
+        who = f"proposer {proposer or '?'} (runs no code)"
+    elif confined is True:
+        who = f"proposer {proposer} confined"
+    elif confined is False:
+        who = f"proposer {proposer} NOT confined"
+    else:
+        who = f"proposer {proposer} (confinement not recorded)"
+    return f"{sandbox}; {who}"
+
+
+def guarantees(exps: list[dict[str, Any]]) -> list[str]:
+    """Per experiment, which guarantees held; consecutive experiments alike share one line."""
+    lines: list[str] = []
+    groups: list[tuple[str, int, int]] = []
+    for rec in exps:
+        g = guarantee_of(rec)
+        if groups and groups[-1][0] == g and groups[-1][2] == rec["id"] - 1:
+            groups[-1] = (g, groups[-1][1], rec["id"])
+        else:
+            groups.append((g, rec["id"], rec["id"]))
+    for g, first, last in groups:
+        ids = f"experiment {first}" if first == last else f"experiments {first}-{last}"
+        lines.append(f"guarantees: {ids}: {g}")
+    return lines
+
+
+def verify_run(root: Path, *, key: str | None = None, tsa_ca: Path | None = None) -> VerifyReport:
     ws = Workspace(root)
     if not (ws.state / LEDGER_NAME).exists():
         raise UserError(f"{ws.state / LEDGER_NAME} not found; there is no run to verify in {ws.root}")
     rep = VerifyReport()
-    records = _check_records(ws.state, rep)
+    records = _check_records(ws.state, rep, _tsa_ca(ws.root, tsa_ca))
     if records is not None:
         _check_git(ws, records, rep)
+        for line in guarantees([r for r in records if r.get("kind") == "experiment"]):
+            rep.note(line)
+        if key is not None:
+            _check_key(records[0].get("public_key"), key, rep, "the ledger")
+        elif records[0].get("public_key"):
+            rep.note(f"key: fingerprint {_fingerprint_or_key(records[0]['public_key'])} (pass --key to check it is the one you trust)")
     rep.note("OK: the record is intact" if rep.ok else "the record is NOT intact")
     return rep
 
@@ -165,6 +284,9 @@ def verify_run(root: Path) -> VerifyReport:
 
 def _bundle_members(state: Path) -> list[Path]:
     files = [state / LEDGER_NAME, state / RESULTS_NAME]
+    stamps = state / TOKEN_DIR  # time-stamp tokens travel with the ledger they witness
+    if stamps.is_dir():
+        files += sorted(stamps.glob("*.tsr"), key=lambda p: (len(p.name), p.name))
     runs = state / "runs"
     if runs.is_dir():
         for run_dir in sorted(runs.iterdir(), key=lambda p: (len(p.name), p.name)):
@@ -194,7 +316,9 @@ def export_bundle(root: Path, out: Path | None = None) -> Path:
     return out
 
 
-def verify_bundle(bundle: Path) -> VerifyReport:
+def verify_bundle(bundle: Path, *, key: str | None = None, tsa_ca: Path | None = None) -> VerifyReport:
+    """Check a bundle from `export`. With `key` (a fingerprint or public key file), also check that
+    the run was signed by that key; without it the bundle is only shown to agree with itself."""
     bundle = Path(bundle)
     if not bundle.is_file():
         raise UserError(f"{bundle} not found; pass the .tar.gz written by `autoresearch export`")
@@ -218,11 +342,16 @@ def verify_bundle(bundle: Path) -> VerifyReport:
             f = state / name
             if not f.is_file() or _sha256(f) != digest:
                 rep.fail(f"{name} is missing or differs from the bundle's manifest")
-        records = _check_records(state, rep)
+        records = _check_records(state, rep, tsa_ca)
         if records is not None and manifest.get("public_key") != records[0].get("public_key"):
             rep.fail("the manifest's public key differs from the ledger's")
+        if records is not None:
+            _check_key(records[0].get("public_key"), key, rep, "this bundle")
     rep.note("(git was not checked: a bundle carries no repository)")
-    rep.note("OK: the evidence is intact" if rep.ok else "the evidence is NOT intact")
+    if rep.ok and key is None:
+        rep.note("OK: the evidence is intact (self-consistent only: pass --key FINGERPRINT to check who signed it)")
+    else:
+        rep.note("OK: the evidence is intact" if rep.ok else "the evidence is NOT intact")
     return rep
 
 

@@ -12,4 +12,9 @@ class ConfigError(UserError):
 class ProposalInvalid(Exception):
     """A proposer produced a change that cannot be applied (bad edit, outside `editable`, bad syntax).
 
-    The loop records the attempt as `invalid` and nothing runs."""
+    The loop records the attempt as `invalid` and nothing runs. `meta` is what the attempt cost and
+    said (tokens, the model's reply), kept in the record."""
+
+    def __init__(self, reason: str, meta: dict | None = None):
+        super().__init__(reason)
+        self.meta: dict = dict(meta or {})

@@ -89,7 +89,7 @@ class HybridProposer(Proposer):
         try:
             prop = self.llm.propose(ctx)
         except ProposalInvalid as err:
-            err.meta = {**(getattr(err, "meta", None) or {}), "via": "llm"}  # type: ignore[attr-defined]
+            err.meta = {**err.meta, "via": "llm"}
             raise
         prop.meta = {**prop.meta, "via": "llm"}
         return prop

@@ -332,9 +332,7 @@ class LLMProposer(Proposer):
 
 def _invalid(reason: str, meta: dict[str, Any]) -> ProposalInvalid:
     """ProposalInvalid carrying the tokens spent, so the ledger still counts the cost."""
-    err = ProposalInvalid(reason)
-    err.meta = meta  # type: ignore[attr-defined]
-    return err
+    return ProposalInvalid(reason, meta)
 
 
 def _repair_message(error: str, json_mode: bool) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import io
+import json
+import math
 import re
 
 import pytest
 from rich.console import Console
 
-from autoresearch.report import status_table, summarize, summary_lines, write_progress_png, write_report_html
+from autoresearch.report import (param_importances, status_table, summarize, summary_lines, write_progress_png,
+                                 write_report_html)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HEADER = {"tag": "nov26", "branch": "autoresearch/nov26", "metric": "val_loss", "goal": "minimize"}
@@ -75,19 +77,50 @@ def test_chart_shows_near_misses_better_than_the_best(goal):
     assert not lo <= wild <= hi and not lo <= worse <= hi
 
 
+def page_data(page: str) -> dict:
+    m = re.search(r'<script type="application/json" id="data">(.*?)</script>', page, re.S)
+    assert m, "the page carries its records as JSON"
+    return json.loads(m.group(1))
+
+
 def test_report_html_is_self_contained(tmp_path):
     records = CASES["full"]
     path = write_report_html(records, HEADER, tmp_path / "report.html")
     page = path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    m = re.search(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert m and base64.b64decode(m.group(1)).startswith(PNG_MAGIC)
-    assert page.count("<tr class=") == len(records)
-    assert "&lt;long&gt; &amp; &#x27;quoted&#x27;" in page and "<long>" not in page
-    assert 'class="status" style="background:#1a7f37">keep<' in page
+    data = page_data(page)
+    assert [r["id"] for r in data["records"]] == [r["id"] for r in records]
+    assert data["meta"]["live"] is False and data["meta"]["colors"]["keep"] == "#1a7f37"
+    assert data["records"][4]["description"].startswith("LEARNING_RATE 0.4 -> 0.5, a <long> & 'quoted'")
+    assert "<long>" not in page  # escaped inside the script block, so a description cannot end it
+    assert data["records"][5]["cost"] == 0.25
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    assert "<script src" not in page and "<link href" not in page
     for case in ("only_baseline", "empty"):
         write_report_html(CASES[case], {}, tmp_path / f"{case}.html")
+
+
+def test_a_description_that_closes_the_script_block_stays_data(tmp_path):
+    records = [rec(0, "baseline", 1.0), rec(1, "discard", float("nan"), "</script><script>alert(1)</script> <!--")]
+    page = write_report_html(records, HEADER, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count("</script>") == 2  # the data block's and the page script's, nothing more
+    data = page_data(page)
+    assert data["records"][1]["description"].startswith("</script>") and data["records"][1]["metric"] is None
+
+
+def test_which_knobs_mattered_comes_from_optuna_over_the_recorded_params():
+    records = [rec(0, "baseline", 1.0)]
+    for i in range(1, 40):
+        lr, wd = 10 ** (-4 + (i * 7 % 13) / 4), (i * 5 % 11) / 10
+        metric = (math.log10(lr) + 2.5) ** 2 + 0.01 * wd  # the learning rate matters, weight decay hardly
+        records.append(rec(i, "discard", metric, proposal={"params": {"LR": lr}, "base": {"LR": 1e-3, "WD": wd}}))
+    records.append(rec(40, "crash", None, proposal={"params": {"LR": 9.0}}))
+    imp = param_importances(records, "minimize")
+    assert imp["trials"] == 39 and imp["method"] in ("fANOVA", "PED-ANOVA")
+    assert list(imp["importances"]) == ["LR", "WD"] and imp["importances"]["LR"] > imp["importances"]["WD"]
+    assert param_importances(CASES["full"], "minimize") is None  # no knob values recorded
+    few = param_importances([rec(1, "discard", 1.0, proposal={"params": {"A": 1}})], "minimize")
+    assert few["importances"] == {} and few["note"]
 
 
 def test_summary():

@@ -1,4 +1,4 @@
-"""Read-only views of a run: status, log, show, report. They never touch git or the loop."""
+"""Read-only views of a run: status, log, show, report (the dashboard is dashboard.py). They never touch git or the loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .ledger import Ledger
+from .ledger import Ledger, chain_head_line
 from .workspace import STATE_DIR
 
 
@@ -87,6 +87,7 @@ def print_status(root: Path, last: int = 10) -> None:
     console = Console(highlight=False, soft_wrap=True)
     for line in summary_lines(exps, header):
         console.print(line, markup=False)
+    console.print(chain_head_line(ledger.state_dir), markup=False)  # what a user notes to detect rewrites later
     if exps:
         console.print(status_table(exps[-last:], header.get("metric", "metric")))
 
@@ -100,5 +101,5 @@ def write_report(root: Path) -> list[str]:
     png = ledger.path.parent / "progress.png"
     html = ledger.path.parent / "report.html"
     write_progress_png(exps, header.get("metric", "metric"), header.get("goal", "minimize"), png)
-    write_report_html(exps, header, html)
+    write_report_html(exps, header, html, state_dir=ledger.state_dir)
     return [f"wrote {png}", f"wrote {html}"]

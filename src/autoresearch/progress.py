@@ -6,13 +6,13 @@ Colour on a terminal, plain lines when piped, nothing at all with quiet=True (li
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .loop import LoopSummary, Measured, Session
 
 STATUS_STYLE = {
     "baseline": "bold cyan",
@@ -35,7 +35,36 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+class Activity:
+    """What the harness is doing right now, rendered as one status line (rich calls `__rich__` on
+    each refresh, so the line stays current while the process it describes writes output)."""
+
+    def __init__(self, label: str, phase: str, budget_s: float | None, eta_s: float | None) -> None:
+        self.label, self.phase, self.budget_s, self.eta_s = label, phase, budget_s, eta_s
+        self.started = time.monotonic()
+        self.last_line = ""
+
+    def text(self) -> str:
+        elapsed = time.monotonic() - self.started
+        parts = [self.label, self.phase]
+        parts.append(f"{fmt_duration(elapsed)} / {fmt_duration(self.budget_s)}" if self.budget_s else fmt_duration(elapsed))
+        if self.eta_s is not None:
+            parts.append(f"first result in ~{fmt_duration(self.eta_s - elapsed)}")
+        line = " | ".join(parts)
+        if self.last_line:
+            line += f" | {self.last_line}"
+        return line
+
+    def __rich__(self) -> str:
+        return self.text()
+
+
 class Progress:
+    # Piped output: a status line once a process has run this long (quick ones print none), then
+    # one this often.
+    PLAIN_FIRST_S = 5.0
+    PLAIN_EVERY_S = 30.0
+
     def __init__(self, quiet: bool = False, console: Console | None = None):
         self.quiet = quiet
         self.console = console or Console(stderr=False, highlight=False, soft_wrap=True)
@@ -43,6 +72,11 @@ class Progress:
         self._max_time: float | None = None
         self._max_exp: int | None = None
         self._done = 0
+        self._metric = ""
+        self._activity: Activity | None = None
+        self._live = None
+        self._ticker: threading.Thread | None = None
+        self._stop_ticker = threading.Event()
 
     def _print(self, text: str, style: str | None = None) -> None:
         if not self.quiet:
@@ -55,11 +89,11 @@ class Progress:
         if not self.quiet:
             Console(stderr=True, highlight=False).print(f"warning: {text}", style="yellow", markup=False)
 
-    def start(self, session: "Session", max_experiments: int | None, max_time: float | None) -> None:
+    def start(self, *, tag: str, worktree: Path, recorded: int, metric: str, goal: str, proposer: str,
+              max_experiments: int | None, max_time: float | None) -> None:
         self._started = time.monotonic()
-        self._max_time, self._max_exp = max_time, max_experiments
-        n = len(session.ledger.experiments())
-        verb = "resuming" if n else "starting"
+        self._max_time, self._max_exp, self._metric = max_time, max_experiments, metric
+        verb = "resuming" if recorded else "starting"
         limits = []
         if max_experiments is not None:
             limits.append(f"{max_experiments} experiments")
@@ -67,21 +101,56 @@ class Progress:
             limits.append(fmt_duration(max_time))
         until = f", stopping after {' or '.join(limits)}" if limits else ", until Ctrl-C"
         self._print(
-            f"{verb} run {session.tag} in {session.ws.worktree} ({n} experiments recorded; metric "
-            f"{session.config.metric.name}, {session.config.metric.goal}; proposer {session.config.proposer.kind}{until})",
+            f"{verb} run {tag} in {worktree} ({recorded} experiments recorded; metric "
+            f"{metric}, {goal}; proposer {proposer}{until})",
             "bold",
         )
 
-    def deadline(self, started: float, max_time: float | None, done: int, max_experiments: int | None) -> None:
-        self._done = done
+    # ---- the live status line ------------------------------------------------------------------
+    def begin(self, label: str, phase: str, *, budget_s: float | None = None, eta_s: float | None = None) -> None:
+        """A process starts: show one live line (a terminal) or a plain line now and every ~30 s (piped)."""
+        self.end()
+        if self.quiet:
+            return
+        self._activity = Activity(label, phase, budget_s, eta_s)
+        if self.console.is_terminal:
+            from rich.live import Live
 
-    def run_done(self, exp_id: int, n: int, measured: "Measured") -> None:
-        pass  # one line per experiment is enough; run-level detail lives in runs/<id>/
+            self._live = Live(self._activity, console=self.console, refresh_per_second=2, transient=True)
+            self._live.start()
+        else:
+            self._stop_ticker.clear()
+            self._ticker = threading.Thread(target=self._tick, args=(self._activity,), daemon=True)
+            self._ticker.start()
 
-    def experiment_done(self, record: dict[str, Any], session: "Session") -> None:
+    def output(self, line: str) -> None:
+        """The running process's last line of output (called from the runner's reader thread)."""
+        if self._activity is not None:
+            line = " ".join(line.split())
+            self._activity.last_line = line if len(line) <= 100 else line[:99] + "…"
+
+    def end(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        if self._ticker is not None:
+            self._stop_ticker.set()
+            self._ticker.join(timeout=2)
+            self._ticker = None
+        self._activity = None
+
+    def _tick(self, activity: Activity) -> None:
+        wait = self.PLAIN_FIRST_S
+        while not self._stop_ticker.wait(wait):
+            self._print(activity.text(), "dim")
+            wait = self.PLAIN_EVERY_S
+
+    # ---- verdicts --------------------------------------------------------------------------------
+    def experiment_done(self, record: dict[str, Any]) -> None:
+        self.end()
         status = record["status"]
         value = record.get("metric")
-        name = session.config.metric.name
+        name = self._metric or "metric"
         parts = [f"[{record['id']:>4}] {status:<11}"]
         if isinstance(value, (int, float)):
             parts.append(f"{name} {value:.6g}")
@@ -101,6 +170,7 @@ class Progress:
         self._print("  ".join(parts) + "  | " + " | ".join(tail), STATUS_STYLE.get(status))
 
     def finish(self, summary: "LoopSummary") -> None:
+        self.end()
         best = f"{summary.best:.6g}" if isinstance(summary.best, (int, float)) else "n/a"
         base = f"{summary.baseline:.6g}" if isinstance(summary.baseline, (int, float)) else "n/a"
         self._print(
@@ -108,6 +178,19 @@ class Progress:
             f"best {best} (baseline {base}); branch autoresearch/{summary.tag}",
             "bold",
         )
+        for line in summary.notes:
+            self._print(line)
+
+
+@dataclass
+class LoopSummary:
+    tag: str
+    experiments: int
+    kept: int
+    best: float | None
+    baseline: float | None
+    stopped_by: str
+    notes: list[str] = field(default_factory=list)  # e.g. the chain head, to compare later
 
 
 def default_progress(quiet: bool = False) -> Progress:

@@ -158,6 +158,15 @@ def experiment_env(base: dict[str, str] | None = None, **contract: str | int | f
     return env
 
 
+def _last_line(chunk: bytes) -> str:
+    """The last non-blank line of a chunk; a carriage return (a progress bar) starts a new line."""
+    for raw in reversed(chunk.replace(b"\r", b"\n").split(b"\n")):
+        text = raw.decode("utf-8", errors="replace").strip()
+        if text:
+            return text
+    return ""
+
+
 def run_process(
     command: str,
     *,
@@ -168,11 +177,13 @@ def run_process(
     max_log_bytes: int = 10 * 1024 * 1024,
     sandbox: "SandboxSpec | None" = None,
     on_start: Callable[[int], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> ProcessResult:
     """Run the shell line `command`, confined as `sandbox` says, to completion or timeout.
 
     `on_start(pgid)` lets the caller note the process group, so a restarted harness can kill a tree
-    left behind by a crash. Ctrl-C kills the group and returns `interrupted=True` rather than raising.
+    left behind by a crash. `on_line(text)` gets the last line of each chunk of output as it
+    arrives (for a live status line; it runs on the reader thread and must be quick). Ctrl-C kills the group and returns `interrupted=True` rather than raising.
     """
     from .sandbox import SandboxSpec, prepare
 
@@ -212,6 +223,10 @@ def run_process(
         assert proc.stdout is not None
         while chunk := proc.stdout.read1(65536):
             log.write(chunk)
+            if on_line is not None:
+                last = _last_line(chunk)
+                if last:
+                    on_line(last)
 
     reader = threading.Thread(target=_pump, daemon=True)
     reader.start()

@@ -30,26 +30,45 @@ def generic_program() -> str:
 
 
 def init(dest: Path, template: str) -> list[str]:
-    """Copy the template into DEST and make it a git repository with a first commit.
+    """Copy the template into DEST and make DEST a git repository of its own with a first commit.
 
-    Returns the lines to print. DEST may exist if empty; inside an existing repository, files are
-    copied but not committed (the user's repository, the user's commit)."""
+    Returns the lines to print. DEST may exist if empty. Inside another repository (a clone of this
+    project, the user's code) the experiment still gets its own repository: the run branch, its
+    worktree and its commits then never touch the enclosing one, and `autoresearch run DEST` works
+    at once. (To experiment on code of the enclosing repository, write autoresearch.toml beside it
+    and commit it there instead.)"""
     names = available()
     if template not in names:
         raise UserError(f"unknown template {template!r}; choose one of: {', '.join(names) or '(none found)'}")
     dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} is a file; choose a new folder name")
     if dest.exists() and any(dest.iterdir()):
         raise UserError(f"{dest} exists and is not empty; choose a new folder name")
+    if shutil.which("git") is None:
+        raise UserError("git is not installed; install it (e.g. apt-get install git) and run `autoresearch init` again")
+    enclosing = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=_existing_parent(dest),
+                               capture_output=True, text=True)
     shutil.copytree(examples_dir() / template, dest, ignore=_IGNORE, dirs_exist_ok=True)
     if not (dest / "program.md").exists():
         (dest / "program.md").write_text(generic_program(), encoding="utf-8")
-    inside = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=dest, capture_output=True, text=True)
+    ident = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], [*ident, "commit", "-q", "-m", f"autoresearch init --template {template}"]):
+        done = subprocess.run(["git", *args], cwd=dest, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserError(f"git {args[-1] if args[0] != 'init' else 'init'} failed in {dest}: "
+                            f"{(done.stderr or done.stdout).strip()}; fix git and run `autoresearch init` again in an empty folder")
     lines = [f"wrote the {template} experiment to {dest}"]
-    if inside.returncode == 0:
-        lines.append(f"{dest} is inside the git repository {inside.stdout.strip()}; commit its files before `autoresearch run`")
-        return lines
-    env_args = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost"]
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], [*env_args, "commit", "-q", "-m", f"autoresearch init --template {template}"]):
-        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
-    lines.append(f"made {dest} a git repository with a first commit; next: autoresearch run {dest}")
+    if enclosing.returncode == 0:
+        lines.append(f"made {dest} a git repository of its own (inside {enclosing.stdout.strip()}, which is left untouched)")
+    else:
+        lines.append(f"made {dest} a git repository with a first commit")
+    lines.append(f"next: autoresearch run {dest}")
     return lines
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path

@@ -1,0 +1,118 @@
+"""The README's main command, pasted as written into a fresh clone of this project, as a new user does.
+
+The default suite runs the part after the install (init + run) with the installed autoresearch; the
+slow suite pastes the whole line, venv and pip install included. Both stop the endless run with
+Ctrl-C once it shows progress, and demand that nothing printed a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+FIRST_PROGRESS = re.compile(r"^(setup \||\[\s*\d+\] repeat)", re.M)
+
+
+def readme_main_command() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Run it", 1)[1]
+    return re.search(r"```bash\n(.+?)\n```", section, re.S).group(1).strip()
+
+
+def fresh_clone(dest: Path) -> Path:
+    """What `git clone` of this checkout would give once the working tree is committed."""
+    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file() and not src.is_symlink():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(src.read_bytes())
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def paste(command: str, cwd: Path, env: dict[str, str], until: re.Pattern, limit_s: float) -> tuple[str, float | None, int]:
+    """Run a pasted command line in bash; press Ctrl-C once `until` shows in its output. Returns the
+    output, the seconds to that line (None if it never came) and the exit status."""
+    proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    out: list[str] = []
+    seen = threading.Event()
+    started = time.monotonic()
+    first: list[float] = []
+
+    def read() -> None:
+        for line in proc.stdout:
+            out.append(line)
+            if not seen.is_set() and until.search(line):
+                first.append(time.monotonic() - started)
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen.wait(limit_s)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C on a terminal does: the whole foreground group
+    try:
+        code = proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = proc.wait()
+    reader.join(timeout=10)
+    return "".join(out), (first[0] if first else None), code
+
+
+def test_the_readme_main_command_is_the_one_this_test_pastes():
+    command = readme_main_command()
+    assert command.endswith("autoresearch init myexp --template nanogpt && autoresearch run myexp"), command
+
+
+def test_init_and_run_from_the_readme_work_in_a_fresh_clone(tmp_path):
+    clone = fresh_clone(tmp_path / "autoresearch")
+    command = readme_main_command()
+    after_install = command[command.index("autoresearch init"):]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    out, first_s, code = paste(after_install, clone, env, FIRST_PROGRESS, limit_s=60)
+    assert "Traceback" not in out, out
+    assert first_s is not None, out
+    assert "made myexp a git repository of its own" in out, out
+    assert code == 0 and "stopped (interrupted)" in out, out
+    # the project's own checkout is untouched: the experiment is a repository of its own
+    assert subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=clone, capture_output=True,
+                          text=True).stdout == ""
+    assert (clone / "myexp/.git").is_dir()
+
+
+def test_init_inside_a_repository_leaves_an_experiment_run_can_use(tmp_path):
+    repo = tmp_path / "code"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-c", "autoresearch init sub/myexp && autoresearch run sub/myexp -n 0 -q && "
+                           "autoresearch status sub/myexp"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "baseline" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_whole_readme_line_pasted_into_a_fresh_clone_reaches_the_baseline(tmp_path):
+    clone = fresh_clone(tmp_path / "autoresearch")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(sys.prefix))
+    baseline_running = re.compile(r"^\[\s*0\] repeat 1/", re.M)
+    out, first_s, code = paste(readme_main_command(), clone, env, baseline_running, limit_s=1500)
+    assert "Traceback" not in out, out
+    assert first_s is not None, out[-3000:]
+    assert code == 0 and "stopped (interrupted)" in out, out[-3000:]

@@ -6,7 +6,6 @@ import ast
 import hashlib
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,10 @@ from autoresearch.config import SpaceSpec, parse_config
 from autoresearch.errors import ConfigError, ProposalInvalid
 from autoresearch.knobs import find_knobs
 from autoresearch.proposers import Context, create
-from autoresearch.proposers.tune import TuneProposer, build_space, default_dim
+from autoresearch.proposers.tune import TuneProposer, build_space, grow
+
+from builders import assert_clean_exit
+from conftest import cli, make_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,28 +195,66 @@ def test_rebuilds_from_ledger_history_and_never_repeats_it():
     cfg = config(seed=1)
     live = TuneProposer(cfg, [])
     history, best_text = run_synthetic(live, cfg, TRAIN, 12, quadratic)
-    # A new proposer (a resumed run) sees the same ledger: every experiment becomes a trial.
+    # A new proposer (a resumed run) sees the same ledger: every experiment becomes a trial, since
+    # the space is fixed at the baseline and only grows.
     resumed = TuneProposer(cfg, history)
     best = [r for r in history if r["status"] in ("baseline", "keep")][-1]
     p = resumed.propose(context(cfg, {"train.py": best_text}, history, best, len(history)))
-    trials = resumed._study.trials
-    finished = [t for t in trials if t.state.name in ("COMPLETE", "FAIL")]
-    # The baseline and 12 experiments, minus those outside the (re-centred) current ranges.
-    in_space = 0
-    dims = build_space(find_knobs({"train.py": best_text}), {})
-    for r in history:
-        vec = dict(r["proposal"].get("base", {}))
-        vec.update(r["proposal"].get("params", {}))
-        if r["status"] == "baseline":
-            vec = knob_values(TRAIN)
-        in_space += all(dims[k].param(vec[k]) is not None for k in dims)
-    assert len(finished) >= in_space
-    assert sum(t.state.name == "FAIL" for t in finished) == sum(
-        r["status"] == "crash" for r in history
-        if all(dims[k].param({**r["proposal"].get("base", {}), **r["proposal"].get("params", {})}.get(k, 0)) is not None for k in dims)
-        and r["status"] != "baseline")
+    finished = [t for t in resumed._study.trials if t.state.name in ("COMPLETE", "FAIL")]
+    assert sorted(t.user_attrs["experiment"] for t in finished) == [r["id"] for r in history]
+    assert sum(t.state.name == "FAIL" for t in finished) == sum(r["status"] == "crash" for r in history)
+    assert resumed._dims == live._dims  # the same grown space, derived from the same ledger
     tried = {json.dumps({**r["proposal"].get("base", {}), **r["proposal"].get("params", {})}, sort_keys=True) for r in history}
     assert json.dumps(p.meta["params"], sort_keys=True) not in tried
+
+
+def test_the_study_keeps_every_trial_across_keeps():
+    cfg = config(seed=4)
+    prop = TuneProposer(cfg, [])
+    history, _ = run_synthetic(prop, cfg, TRAIN, 20, quadratic)
+    assert sum(r["status"] == "keep" for r in history) >= 2
+    told = {t.user_attrs.get("experiment") for t in prop._study.trials if t.state.name in ("COMPLETE", "FAIL")}
+    assert told >= {r["id"] for r in history}
+
+
+def test_a_default_range_grows_where_a_best_nears_its_edge_and_never_shrinks():
+    knobs = find_knobs({"train.py": TRAIN})
+    dims = build_space(knobs, {})
+    lr, hidden = dims["LEARNING_RATE"], dims["HIDDEN"]
+    assert grow(lr, 0.01) == lr  # in the middle (log scale): nothing to do
+    wider = grow(lr, 0.09)
+    assert wider.low == lr.low and wider.high > lr.high and wider.param(0.09) is not None
+    assert grow(wider, 0.01) == wider  # a later best elsewhere never shrinks it
+    assert (grow(hidden, 256).low, grow(hidden, 256).high) == (4, 9)  # one power of two further
+    assert grow(hidden, 16).low == 3
+    user = build_space(knobs, {"LEARNING_RATE": SpaceSpec(low=1e-3, high=0.1)})["LEARNING_RATE"]
+    assert grow(user, 0.099) == user  # bounds the user set stay
+
+
+def test_the_study_is_mirrored_to_an_optuna_journal(tmp_path):
+    cfg = config(seed=0)
+    state = tmp_path / ".autoresearch"
+    (state / "runs" / "1").mkdir(parents=True)
+    prop = TuneProposer(cfg, [])
+    files = {"train.py": TRAIN}
+    base = baseline_record(TRAIN, 3.0)
+    ctx = Context(config=cfg, root=tmp_path, worktree=tmp_path, files=files, history=[base], best=base, noise=0.01,
+                  run_dir=state / "runs" / "1", experiment_id=1)
+    p = prop.propose(ctx)
+    rec = {"kind": "experiment", "id": 1, "status": "discard", "metric": 3.5, "parent": base["commit"],
+           "commit": sha(p.edits["train.py"]), "proposal": p.meta, "description": p.description}
+    prop.observe(rec)
+    study = load_journal(state / "optuna.journal")
+    assert [(t.user_attrs["experiment"], t.value) for t in study.trials] == [(0, 3.0), (1, 3.5)]
+
+
+def load_journal(path: Path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
 
 
 def test_same_seed_same_proposals():
@@ -292,3 +332,59 @@ def test_tune_runs_the_quickstart_through_the_loop(tmp_path):
     run_loop(exp, max_experiments=1)
     records = Ledger(exp / ".autoresearch").experiments()
     assert len(records) == 5 and len({r["tree"] for r in records}) == 5
+    # The journal optuna-dashboard opens agrees with the ledger, record for record.
+    study = load_journal(exp / ".autoresearch" / "optuna.journal")
+    assert [t.user_attrs["experiment"] for t in study.trials] == [r["id"] for r in records]
+    assert [t.value for t in study.trials] == [r["metric"] if r["status"] in ("baseline", "keep", "discard") else None
+                                               for r in records]
+
+
+def test_learn_from_warm_starts_tune_and_never_records_the_other_run(tmp_path):
+    from autoresearch.ledger import Ledger
+    from autoresearch.loop import run_loop
+    from autoresearch.templates import init
+
+    import subprocess
+
+    runs = {}
+    for name in ("a", "b"):
+        init(tmp_path / name, "quickstart")
+        toml = tmp_path / name / "autoresearch.toml"
+        toml.write_text(toml.read_text().replace("# seed = 0 ", "seed = 0   ").replace('[experiment]', '[experiment]\nsandbox = "none"'))
+        subprocess.run(["git", "commit", "-qam", "seed"], cwd=tmp_path / name, check=True)
+        runs[name] = tmp_path / name
+    run_loop(runs["a"], max_experiments=4)
+    a_ledger = (runs["a"] / ".autoresearch" / "ledger.jsonl").read_bytes()
+    a_records = Ledger(runs["a"] / ".autoresearch").experiments()
+    res = cli("run", runs["b"], "-n", "1", "-q", "--learn-from", runs["a"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (runs["a"] / ".autoresearch" / "ledger.jsonl").read_bytes() == a_ledger  # read, never written
+    b_records = Ledger(runs["b"] / ".autoresearch").experiments()
+    assert [r["status"] for r in b_records][0] == "baseline" and len(b_records) == 2
+    first = b_records[1]
+    assert first["proposal"]["learned_from"] == [str(runs["a"])]
+    best_a = [r for r in a_records if r["status"] in ("baseline", "keep")][-1]
+    if best_a["status"] == "keep":  # the other run's best is the first thing tried here
+        assert first["proposal"]["params"] == best_a["proposal"]["params"]
+        assert first["proposal"]["strategy"] == "learned"
+    study = load_journal(runs["b"] / ".autoresearch" / "optuna.journal")
+    assert [t.user_attrs["experiment"] for t in study.trials] == [0, 1]  # only this run's records
+
+
+def test_learn_from_a_run_of_another_metric_is_one_clear_error(tmp_path):
+    from autoresearch.templates import init
+
+    import subprocess
+
+    other = make_experiment(tmp_path / "other")
+    assert cli("run", other, "-n", "0", "-q").returncode == 0
+    init(tmp_path / "qs", "quickstart")
+    toml = tmp_path / "qs" / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('[experiment]', '[experiment]\nsandbox = "none"'))
+    subprocess.run(["git", "commit", "-qam", "sandbox"], cwd=tmp_path / "qs", check=True)
+    res = cli("run", tmp_path / "qs", "-n", "1", "-q", "--learn-from", other)
+    assert_clean_exit(res, 2)
+    assert "learn only from runs of the same metric" in res.stderr
+    res = cli("run", tmp_path / "qs", "-n", "1", "-q", "--learn-from", tmp_path)
+    assert_clean_exit(res, 2)
+    assert "no run to learn from" in res.stderr

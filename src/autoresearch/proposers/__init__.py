@@ -25,7 +25,7 @@ class Context:
     files: dict[str, str]  # editable path (relative, posix) -> current text
     history: list[dict[str, Any]]  # ledger experiment records so far, oldest first
     best: dict[str, Any] | None  # the record holding the current best (baseline or last keep)
-    noise: float | None  # std of the baseline runs
+    noise: float | None  # run-to-run std of the metric at the current best (the judge's estimate)
     run_dir: Path  # .autoresearch/runs/<id>/: save prompts and replies here
     experiment_id: int
     feedback: str = ""  # why the previous proposal for this id was refused (e.g. a duplicate)
@@ -53,6 +53,11 @@ class Proposer(ABC):
     def observe(self, record: dict[str, Any]) -> None:
         """Called with the ledger record of each experiment this proposer proposed, after judging."""
 
+    def learn_from(self, dirs: list[Path]) -> bool:
+        """Learn from the ledgers of other runs (read-only; nothing of theirs is recorded here).
+        Returns False where this proposer does not (yet): llm, agent and hybrid ignore them."""
+        return False
+
     def close(self) -> None:
         """Release resources (HTTP clients, studies)."""
 
@@ -65,8 +70,13 @@ _KINDS = {
 }
 
 
-def create(config: Config, history: list[dict[str, Any]]) -> Proposer:
-    """Instantiate the proposer named by [proposer] kind; heavy dependencies load only here."""
+def create(config: Config, history: list[dict[str, Any]], *, learn_from: list[Path] | None = None,
+           warn: Any = None) -> Proposer:
+    """Instantiate the proposer named by [proposer] kind; heavy dependencies load only here.
+    LEARN_FROM: experiment folders of other runs whose trials may warm-start it."""
     module_name, cls_name = _KINDS[config.proposer.kind].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls(config, history)
+    proposer = cls(config, history)
+    if learn_from and not proposer.learn_from(list(learn_from)) and warn is not None:
+        warn(f"the {proposer.name} proposer does not learn from other runs yet; --learn-from is ignored")
+    return proposer

@@ -208,7 +208,7 @@ def build_prompt(ctx: Context, *, json_mode: bool = False, history: int | None =
         f"- editable files: {', '.join(sorted(ctx.files))}",
     ]
     if ctx.noise is not None:
-        settings.append(f"- noise (std of repeated baseline runs): {_fmt(ctx.noise)}; smaller differences are luck")
+        settings.append(f"- noise (run-to-run std near the current best): {_fmt(ctx.noise)}; smaller differences are luck")
     if ctx.best is not None and ctx.best.get("metric") is not None:
         settings.append(f"- current best {cfg.metric.name}: {_fmt(ctx.best['metric'])} (experiment #{ctx.best.get('id')})")
     sections.append("# Experiment\n\n" + "\n".join(settings))
@@ -259,7 +259,7 @@ def build_agent_prompt(ctx: Context) -> str:
     if cfg.experiment.protected:
         lines.append(f"- protected files (read them if useful, never change them): {', '.join(cfg.experiment.protected)}")
     if ctx.noise is not None:
-        lines.append(f"- noise (std of repeated baseline runs): {_fmt(ctx.noise)}")
+        lines.append(f"- noise (run-to-run std near the current best): {_fmt(ctx.noise)}")
     lines += ["", "# History", "", format_history(ctx, cfg.proposer.history), "", "# Your task", ""]
     lines.append(
         f"Make experiment #{ctx.experiment_id}: edit the editable files in the current directory with one change you "

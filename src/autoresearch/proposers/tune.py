@@ -1,24 +1,29 @@
 """`tune`: the offline proposer. Searches the numeric knobs of the editable files with Optuna.
 
 Knobs are module-level `UPPER_CASE = <number>` assignments (see knobs.py). Each knob gets a search
-range around its current value (floats log-uniform over x10 each way, ints over x4, powers of two
-stay powers of two), which `[proposer.space.NAME]` can override. Every experiment is one Optuna
-trial over the absolute values of all knobs; the in-memory study is rebuilt from the ledger, so a
-resumed run continues where it stopped, and crashes are told to it as failures.
+range around its value in the baseline (floats log-uniform over x10 each way, ints over x4, powers
+of two stay powers of two), which `[proposer.space.NAME]` can override. The space never moves; it
+only grows, a step at a time, where a best lands near the edge of a default range, so every trial
+stays in the study. Every experiment is one Optuna trial over the absolute values of all knobs; the
+in-memory study is rebuilt from the ledger, so a resumed run continues where it stopped, and crashes
+are told to it as failures. The study is mirrored, for `optuna-dashboard`, to
+`.autoresearch/optuna.journal` (rewritten from the ledger at every rebuild; never read back).
+Trials of other runs (`--learn-from`) warm-start the sampler; they are never this run's records.
 """
 
 from __future__ import annotations
 
 import ast
-import logging
 import math
+import os
 import random
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from ..config import Config, SpaceSpec
-from ..errors import ConfigError, ProposalInvalid
+from ..errors import ConfigError, ProposalInvalid, UserError
 from ..knobs import Knob, Number, find_knobs, format_value, rewrite, same_literal
 from . import Context, Proposal, Proposer
 
@@ -27,12 +32,19 @@ _MEASURED = ("baseline", "keep", "discard", "suspicious")
 _NOT_RUN = ("interrupted",)
 _MAX_RESAMPLES = 40
 # Measured on examples/quickstart (12 seeds x 20 experiments, `python benchmarks/tune_quickstart.py
-# --simulate`): TPE over every knob at once, ranges centred on the current best, 5 startup trials
-# found the first keep by experiment 6 at worst and the best final loss; mixing in one-or-two-knob
-# mutations of the best, or only mutating, did worse on both, as did ranges fixed at the baseline.
+# --simulate`, with the earlier pooled-noise judge): TPE over every knob at once with 5 startup
+# trials beat one-or-two-knob mutations of the best, or only mutating. That run preferred ranges
+# re-centred on the best to ranges fixed at the baseline; fixed ranges that grow at their edges
+# keep every trial instead, and `python benchmarks/tune_vs_optuna.py` measures the whole loop.
 _MUTATE_P = 0.0  # share of proposals that move only one or two knobs of the current best
 _TPE_STARTUP = 5  # random trials (the baseline counts as one) before TPE models the results
-_ANCHOR = "best"  # ranges centred on the knob values of the current "best" or of the "baseline"
+# Ranges centred on the knob values of the "baseline" (fixed, so the study keeps every trial), or
+# re-centred on the current "best" at every keep (the earlier behaviour; the study then loses the
+# trials outside the new ranges). benchmarks/tune_vs_optuna.py measures one against the other.
+_ANCHOR = "baseline"
+_GROW = True  # a default range grows where a best lands in its outer tenth
+_EDGE = 0.1
+JOURNAL = "optuna.journal"
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class Dim:
     negate: bool = False  # negative ranges are searched over the magnitude
     choices: tuple[Any, ...] = ()
     is_float: bool = False  # the knob's values are floats (decides the literal written)
+    grows: bool = True  # False where [proposer.space] set the range: the user's bounds stay
 
     def distribution(self) -> Any:
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -123,6 +136,53 @@ def default_dim(knob: Knob) -> Dim:
     return Dim(knob.key, "float", mag / 10, mag * 10, log=True, negate=v < 0, is_float=True)
 
 
+def grow(dim: Dim, value: Number) -> Dim:
+    """DIM widened, a step at a time, until VALUE lies inside it and away from its edges. Only
+    default ranges grow, and never across zero; a grown space still holds every earlier trial."""
+    if not dim.grows or dim.kind == "choice" or isinstance(value, bool):
+        return dim
+    v = -value if dim.negate else value
+    for _ in range(12):
+        lo, hi = dim.low, dim.high
+        if dim.kind == "pow":
+            if v <= 0:
+                return dim
+            at = math.log(v, dim.base)
+            down, up = at <= lo + 1e-9, at >= hi - 1e-9
+            step = 1
+        elif dim.log:
+            if v <= 0 or lo <= 0:
+                return dim
+            width = math.log(hi) - math.log(lo)
+            u = (math.log(v) - math.log(lo)) / width
+            down, up = u < _EDGE, u > 1 - _EDGE
+        else:
+            width = hi - lo
+            u = (v - lo) / width
+            down, up = u < _EDGE and lo > 0, u > 1 - _EDGE
+        if not (down or up):
+            return dim
+        if dim.kind == "pow":
+            if down and (dim.is_float or lo - step >= 0):  # an int knob stays a whole power
+                lo -= step
+            hi = hi + step if up else hi
+        elif dim.log:
+            factor = math.exp(width / 4)
+            if dim.kind == "int":
+                lo, hi = (max(1, math.floor(lo / factor)) if down else lo), (math.ceil(hi * factor) if up else hi)
+            else:
+                lo, hi = (lo / factor if down else lo), (hi * factor if up else hi)
+        else:
+            step = width / 4
+            lo, hi = (max(0.0, lo - step) if down else lo), (hi + step if up else hi)
+            if dim.kind == "int":
+                lo, hi = math.floor(lo), math.ceil(hi)
+        if (lo, hi) == (dim.low, dim.high):
+            return dim
+        dim = replace(dim, low=lo, high=hi)
+    return dim
+
+
 def _where(knob_key: str) -> str:
     return f"autoresearch.toml: [proposer.space.{knob_key}]" if ":" not in knob_key else f'autoresearch.toml: [proposer.space."{knob_key}"]'
 
@@ -196,7 +256,8 @@ def build_space(knobs: list[Knob], space: dict[str, SpaceSpec]) -> dict[str, Dim
             name, spec = specs[k.key]
             if spec.exclude:
                 continue
-            dims[k.key] = space_dim(k, spec, name)
+            set_by_user = spec.low is not None or spec.high is not None or spec.log is not None or spec.choices is not None
+            dims[k.key] = replace(space_dim(k, spec, name), grows=not set_by_user)
         else:
             dims[k.key] = default_dim(k)
     return dims
@@ -213,6 +274,58 @@ def _literal_number(text: str) -> Number:
 
 def _vector_key(texts: dict[str, str]) -> tuple[tuple[str, Number], ...]:
     return tuple(sorted((k, _literal_number(t)) for k, t in texts.items()))
+
+
+def record_vectors(records: list[dict[str, Any]]) -> dict[int, dict[str, Number]]:
+    """Knob values of the code each experiment record ran, where its run's tune records tell them
+    (a tune record names its own values and its parent's; the baseline's come from the first)."""
+    by_commit: dict[str, dict[str, Number]] = {}
+    for rec in records:
+        meta = rec.get("proposal") or {}
+        if isinstance(meta.get("base"), dict) and rec.get("parent"):
+            by_commit.setdefault(rec["parent"], dict(meta["base"]))
+    out: dict[int, dict[str, Number]] = {}
+    for rec in records:
+        meta = rec.get("proposal") or {}
+        if isinstance(meta.get("params"), dict):
+            out[rec["id"]] = {**(meta.get("base") or {}), **meta["params"]}
+        elif rec.get("commit") in by_commit and rec.get("status") in _MEASURED:
+            out[rec["id"]] = by_commit[rec["commit"]]
+    return out
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A measured experiment of another run: what the sampler may learn from, never a record here."""
+
+    source: str  # that run's experiment folder
+    id: int
+    vector: dict[str, Number]
+    status: str
+    metric: float | None
+
+
+def read_priors(dirs: list[Path], config: Config) -> list[Prior]:
+    """The tune-readable experiments of other runs, read (never written) through their ledgers."""
+    from ..ledger import Ledger
+
+    out: list[Prior] = []
+    for d in dirs:
+        ledger = Ledger(Path(d) / ".autoresearch")
+        header = ledger.header() if ledger.exists() else None
+        if header is None:
+            raise UserError(f"{d} has no run to learn from (no {ledger.path}); give the folder of an earlier `autoresearch run`")
+        if header.get("metric") != config.metric.name or header.get("goal") != config.metric.goal:
+            raise UserError(f"{ledger.path} measures {header.get('metric')} ({header.get('goal')}), this run "
+                            f"{config.metric.name} ({config.metric.goal}); learn only from runs of the same metric")
+        records = ledger.experiments()
+        vectors = record_vectors(records)
+        for rec in records:
+            if rec["id"] in vectors and rec.get("status") not in _NOT_RUN:
+                metric = rec.get("metric")
+                ok = rec.get("status") in _MEASURED and isinstance(metric, (int, float)) and math.isfinite(metric)
+                out.append(Prior(str(d), rec["id"], vectors[rec["id"]], rec["status"], float(metric) if ok else None))
+    return out
 
 
 class TuneProposer(Proposer):
@@ -236,6 +349,21 @@ class TuneProposer(Proposer):
         self._vectors: dict[str, dict[str, Number]] = {}  # commit -> knob values of that code
         for rec in self._records.values():
             self._learn_vectors(rec)
+        self._priors: list[Prior] = []  # other runs' experiments (--learn-from)
+        self._queue: list[dict[str, Number]] = []  # their best code, to try here first
+        self._journal: Any = None  # the mirror of the study for optuna-dashboard
+        self._journal_path: Path | None = None
+
+    def learn_from(self, dirs: list[Path]) -> bool:
+        """Warm-start the sampler with the trials of other runs of this experiment."""
+        self._priors = read_priors(dirs, self.config)
+        sign = -1 if self.config.maximize else 1
+        by_run: dict[str, list[Prior]] = {}
+        for prior in self._priors:
+            if prior.status in ("keep", "baseline") and prior.metric is not None:
+                by_run.setdefault(prior.source, []).append(prior)
+        self._queue = [min(kept, key=lambda q: sign * q.metric).vector for kept in by_run.values()]
+        return True
 
     # ---- history ---------------------------------------------------------------------------------
     def _learn_vectors(self, rec: dict[str, Any]) -> None:
@@ -258,7 +386,7 @@ class TuneProposer(Proposer):
             return self._vectors.get(rec["commit"])
         return None
 
-    def _frozen(self, rec: dict[str, Any], vector: dict[str, Number]) -> Any | None:
+    def _frozen(self, rec: dict[str, Any], vector: dict[str, Number], source: str = "") -> Any | None:
         """The record as a finished Optuna trial over the current space, or None if it does not fit."""
         if rec.get("status") in _NOT_RUN:
             return None
@@ -272,9 +400,12 @@ class TuneProposer(Proposer):
             params[key], dists[key] = p, dim.distribution()
         TrialState = self._optuna.trial.TrialState
         metric = rec.get("metric")
+        attrs = {"experiment": rec.get("id"), "status": rec.get("status"), "description": rec.get("description", "")}
+        if source:
+            attrs["learned_from"] = source
         if rec.get("status") in _MEASURED and isinstance(metric, (int, float)) and math.isfinite(metric):
-            return self._optuna.trial.create_trial(params=params, distributions=dists, value=float(metric))
-        return self._optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.FAIL)
+            return self._optuna.trial.create_trial(params=params, distributions=dists, value=float(metric), user_attrs=attrs)
+        return self._optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.FAIL, user_attrs=attrs)
 
     def _add_known(self) -> None:
         """Put every record whose knob values are known and not yet in the study into it."""
@@ -289,6 +420,35 @@ class TuneProposer(Proposer):
             self._in_study.add(rid)
             if trial is not None:
                 self._study.add_trial(trial)
+                self._mirror(trial)
+
+    def _add_priors(self) -> None:
+        """Other runs' experiments that fit the current space, as trials the sampler learns from."""
+        for prior in self._priors:
+            rec = {"id": prior.id, "status": prior.status, "metric": prior.metric, "description": ""}
+            trial = self._frozen(rec, prior.vector, source=prior.source)
+            if trial is not None:
+                self._study.add_trial(trial)
+
+    # ---- the journal (optuna-dashboard) ----------------------------------------------------------
+    def _open_journal(self, name: str, direction: str) -> None:
+        """A fresh journal file holding nothing yet; the ledger's trials follow as they are added."""
+        if self._journal_path is None:
+            return
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        tmp = self._journal_path.with_name(JOURNAL + ".new")
+        tmp.unlink(missing_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(tmp)))
+        self._optuna.create_study(storage=storage, study_name=name, direction=direction)
+        os.replace(tmp, self._journal_path)
+        storage = JournalStorage(JournalFileBackend(str(self._journal_path)))
+        self._journal = self._optuna.load_study(study_name=name, storage=storage)
+
+    def _mirror(self, trial: Any) -> None:
+        if self._journal is not None:
+            self._journal.add_trial(trial)
 
     def _make_sampler(self, current: dict[str, Number], exp_id: int) -> Any:
         samplers = self._optuna.samplers
@@ -319,13 +479,32 @@ class TuneProposer(Proposer):
                 )
             return samplers.TPESampler(seed=seed, n_startup_trials=_TPE_STARTUP, multivariate=True)
 
-    def _rebuild(self, current: dict[str, Number], exp_id: int) -> None:
-        """A fresh study over the current space, holding every past experiment that fits in it."""
+    def _rebuild(self, current: dict[str, Number], exp_id: int, name: str = "autoresearch") -> None:
+        """A fresh study over the current space, holding every past experiment that fits in it
+        (and the other runs' experiments that do), mirrored to a fresh journal."""
         direction = "maximize" if self.config.maximize else "minimize"
         self._pending.clear()  # trials of the old study; their results come back as records instead
         self._study = self._optuna.create_study(direction=direction, sampler=self._make_sampler(current, exp_id))
+        self._open_journal(name, direction)
+        self._add_priors()
         self._in_study = set()
         self._add_known()
+
+    def _space(self, knobs: list[Knob]) -> dict[str, Dim]:
+        """The ranges: fixed at the baseline, grown (never shrunk) along the run's bests so far, so
+        a resumed run derives the same space from the same ledger."""
+        dims = build_space(self._anchor_knobs(knobs), self.config.proposer.space)
+        if not _GROW:
+            return dims
+        path = [r for r in sorted(self._records.values(), key=lambda r: r["id"]) if r.get("status") in ("baseline", "keep")]
+        # The other runs' bests first (the space must hold what is tried here first), then ours.
+        vectors = [q.vector for q in self._priors if q.status in ("baseline", "keep")]
+        vectors += [self._vectors.get(r.get("commit") or "") for r in path] + [{k.key: k.value for k in knobs}]
+        for vec in vectors:
+            for key, dim in dims.items():
+                if vec and key in vec:
+                    dims[key] = grow(dim, vec[key])
+        return dims
 
     # ---- proposing -------------------------------------------------------------------------------
     def propose(self, ctx: Context) -> Proposal:
@@ -342,14 +521,16 @@ class TuneProposer(Proposer):
             )
         if ctx.best and ctx.best.get("commit"):
             self._vectors[ctx.best["commit"]] = {k.key: k.value for k in knobs}
-        dims = build_space(self._anchor_knobs(knobs), self.config.proposer.space)
+        dims = self._space(knobs)
         if not dims:
             raise ConfigError("autoresearch.toml: [proposer.space] excludes every knob; leave at least one to tune")
         current = {k.key: k.value for k in knobs if k.key in dims}
         sig = tuple(sorted((k, repr(d)) for k, d in dims.items()))
         if self._study is None or sig != self._sig:
             self._dims, self._sig = dims, sig
-            self._rebuild(current, ctx.experiment_id)
+            if ctx.run_dir.parent.name == "runs":  # .autoresearch/runs/<id>: the journal lives beside the ledger
+                self._journal_path = ctx.run_dir.parent.parent / JOURNAL
+            self._rebuild(current, ctx.experiment_id, name=ctx.root.name or "autoresearch")
         else:
             self._add_known()
         stale = self._pending.pop(ctx.experiment_id, None)
@@ -370,6 +551,8 @@ class TuneProposer(Proposer):
             "base": dict(current),
             "strategy": strategy,
         }
+        if self._priors:
+            meta["learned_from"] = sorted({p.source for p in self._priors})
         return Proposal(description=description, edits=edits, meta=meta)
 
     def _anchor_knobs(self, knobs: list[Knob]) -> list[Knob]:
@@ -401,7 +584,11 @@ class TuneProposer(Proposer):
         use_mutation = self.config.proposer.sampler == "tpe" and _MUTATE_P > 0
         for attempt in range(_MAX_RESAMPLES):
             strategy = "mutate" if (use_mutation and self._rng.random() < _MUTATE_P) else self.config.proposer.sampler
-            if strategy == "mutate" or attempt >= _MAX_RESAMPLES // 2:
+            queued = self._queued()
+            if queued is not None:  # another run's best, tried here first
+                strategy = "learned"
+                self._study.enqueue_trial(queued)
+            elif strategy == "mutate" or attempt >= _MAX_RESAMPLES // 2:
                 # Also the way out when the sampler keeps returning code that already ran.
                 strategy = "mutate"
                 params = self._mutate(current)
@@ -430,6 +617,20 @@ class TuneProposer(Proposer):
             "tune: every candidate drawn from the search space was already tried; widen the ranges in "
             "[proposer.space] of autoresearch.toml or switch to another proposer"
         )
+
+    def _queued(self) -> dict[str, Any] | None:
+        """The next queued vector of another run, as parameters of the current space (or None)."""
+        while self._queue:
+            vec = self._queue.pop(0)
+            params = {}
+            for key, dim in self._dims.items():
+                p = dim.param(vec[key]) if key in vec else None
+                if p is None:
+                    break
+                params[key] = p
+            else:
+                return params
+        return None
 
     def _mutate(self, current: dict[str, Number]) -> dict[str, Any] | None:
         """The current best with one or two knobs moved to a new value of their range."""
@@ -481,6 +682,8 @@ class TuneProposer(Proposer):
         self._in_study.add(rid)
         TrialState = self._optuna.trial.TrialState
         status, metric = record.get("status"), record.get("metric")
+        trial.set_user_attr("experiment", rid)
+        trial.set_user_attr("status", status)
         if status in _NOT_RUN:
             # Never measured: the trial is dropped (FAIL tells the sampler nothing).
             self._study.tell(trial, state=TrialState.FAIL)
@@ -490,7 +693,12 @@ class TuneProposer(Proposer):
             self._study.tell(trial, float(metric))
         else:
             self._study.tell(trial, state=TrialState.FAIL)
+        vec = self._record_vector(record)
+        frozen = self._frozen(record, vec) if vec is not None else None
+        if frozen is not None:
+            self._mirror(frozen)
 
     def close(self) -> None:
         self._study = None
+        self._journal = None
         self._pending.clear()

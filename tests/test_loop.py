@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,41 +11,11 @@ import pytest
 from autoresearch.errors import ProposalInvalid, UserError
 from autoresearch.ledger import Ledger
 from autoresearch.loop import Session, run_loop, step
-from autoresearch.proposers import Proposal, Proposer
+from autoresearch.proposers import Proposal
 from autoresearch.verify import verify_run
 
+from builders import Scripted, open_session, statuses
 from conftest import git, make_experiment
-
-
-class Scripted(Proposer):
-    """Sets X in train.py to the next scripted value (or runs a callable on the files)."""
-
-    name = "scripted"
-
-    def __init__(self, config, history, values=()):
-        super().__init__(config, history)
-        self.values = list(values)
-        self.seen: list[dict] = []
-
-    def propose(self, ctx):
-        value = self.values.pop(0)
-        if callable(value):
-            return value(ctx)
-        text = re.sub(r"^X = .*$", f"X = {value}", ctx.files["train.py"], flags=re.M)
-        return Proposal(f"X -> {value}", {"train.py": text}, {"params": {"X": value}})
-
-    def observe(self, record):
-        self.seen.append(record)
-
-
-def open_session(root: Path) -> Session:
-    s = Session(root)
-    s.open()
-    return s
-
-
-def statuses(root: Path) -> list[str]:
-    return [r["status"] for r in Ledger(root / ".autoresearch").experiments()]
 
 
 def test_keep_discard_crash_and_records(exp):
@@ -55,7 +23,7 @@ def test_keep_discard_crash_and_records(exp):
     base = s.measure_baseline()
     assert base["status"] == "baseline" and base["metric"] == pytest.approx(4.0005)
     assert base["noise"] == pytest.approx(0.000707, rel=1e-2)
-    p = Scripted(s.config, [], [2.0, 2.5, "oops(", 1.5])
+    p = Scripted(s.config, [2.0, 2.5, "oops(", 1.5])
     for _ in range(4):
         step(s, p)
     assert statuses(exp) == ["baseline", "keep", "discard", "crash", "keep"]
@@ -84,7 +52,7 @@ def test_min_delta_absolute_blocks_small_gains(tmp_path):
     root = make_experiment(tmp_path / "e", x=1.2, min_delta="0.1")
     s = open_session(root)
     s.measure_baseline()  # 0.04
-    step(s, Scripted(s.config, [], [1.05]))  # 0.0025: better, but by less than 0.1
+    step(s, Scripted(s.config, [1.05]))  # 0.0025: better, but by less than 0.1
     assert statuses(root)[-1] == "discard"
 
 
@@ -95,7 +63,7 @@ def test_maximize_goal(tmp_path):
     git(root, "commit", "-qam", "maximize")
     s = open_session(root)
     s.measure_baseline()
-    p = Scripted(s.config, [], [2.0, 5.0])
+    p = Scripted(s.config, [2.0, 5.0])
     step(s, p)
     step(s, p)
     assert statuses(root) == ["baseline", "discard", "keep"]
@@ -112,7 +80,7 @@ def test_nan_and_missing_metric_are_crashes(tmp_path):
     def silent(ctx):
         return Proposal("prints nothing", {"train.py": "print('done')\n"})
 
-    p = Scripted(s.config, [], [nan, silent])
+    p = Scripted(s.config, [nan, silent])
     step(s, p)
     step(s, p)
     recs = Ledger(root / ".autoresearch").experiments()
@@ -133,8 +101,8 @@ def test_change_outside_editable_is_rejected_before_it_runs(tmp_path):
     def escape(ctx):
         return Proposal("escape", {"../outside.py": "x = 1\n"})
 
-    step(s, Scripted(s.config, [], [sneaky]))
-    step(s, Scripted(s.config, [], [escape]))
+    step(s, Scripted(s.config, [sneaky]))
+    step(s, Scripted(s.config, [escape]))
     recs = Ledger(root / ".autoresearch").experiments()
     assert [r["status"] for r in recs[1:]] == ["invalid", "invalid"]
     assert "prepare.py is not editable" in recs[1]["reason"]
@@ -152,7 +120,7 @@ def test_protected_file_changed_by_the_experiment_is_rejected(tmp_path):
         code = ctx.files["train.py"] + "open('prepare.py', 'w').write('DATA = 2\\n')\n"
         return Proposal("tamper", {"train.py": code.replace("X = 3.0", "X = 1.0")})
 
-    step(s, Scripted(s.config, [], [tamper]))
+    step(s, Scripted(s.config, [tamper]))
     rec = Ledger(root / ".autoresearch").experiments()[-1]
     assert rec["status"] == "rejected" and "protected file prepare.py" in rec["reason"]
     assert (s.ws.worktree / "prepare.py").read_text() == "DATA = 1\n"  # reset afterwards
@@ -173,7 +141,7 @@ def test_evaluate_is_the_only_source_of_the_primary_metric(tmp_path):
 def test_duplicate_proposal_is_refused_and_asked_again(exp):
     s = open_session(exp)
     s.measure_baseline()
-    p = Scripted(s.config, [], [2.0, 2.0, 1.5])
+    p = Scripted(s.config, [2.0, 2.0, 1.5])
     step(s, p)
     rec = step(s, p)  # 2.0 again: refused, then 1.5
     assert rec["description"] == "X -> 1.5"
@@ -187,7 +155,7 @@ def test_invalid_proposal_is_recorded(exp):
     def broken(ctx):
         raise ProposalInvalid("the model's edit did not apply")
 
-    rec = step(s, Scripted(s.config, [], [broken]))
+    rec = step(s, Scripted(s.config, [broken]))
     assert rec["status"] == "invalid" and "did not apply" in rec["reason"]
 
 
@@ -230,7 +198,7 @@ def test_editable_glob_matching_nothing(tmp_path):
 
 class Tiny(Scripted):
     def __init__(self, config, history):
-        super().__init__(config, history, [2.0, 1.5, 1.2, 1.1, 1.05, 1.01][len(history) - 1:])
+        super().__init__(config, [2.0, 1.5, 1.2, 1.1, 1.05, 1.01][len(history) - 1:], history)
 
 
 def test_run_loop_stops_and_resumes_with_same_ids(exp):
@@ -269,7 +237,7 @@ def test_keep_recorded_but_branch_not_moved_is_finished_on_resume(exp):
     original_keep = s.ws.keep
     s.ws.keep = lambda *a, **k: (_ for _ in ()).throw(SystemExit("killed between ledger and branch"))
     with pytest.raises(SystemExit):
-        step(s, Scripted(s.config, [], [2.0]))
+        step(s, Scripted(s.config, [2.0]))
     s.ws.keep = original_keep
     again = Session(exp)
     again.open()
@@ -285,7 +253,7 @@ def test_confirm_reruns_a_winner(tmp_path):
     git(root, "commit", "-qam", "confirm")
     s = open_session(root)
     s.measure_baseline()
-    step(s, Scripted(s.config, [], [2.95]))
+    step(s, Scripted(s.config, [2.95]))
     rec = Ledger(root / ".autoresearch").experiments()[-1]
     assert rec["status"] == "keep" and len(rec["runs"]) == 2 and [r["seed"] for r in rec["runs"]] == [0, 1]
 
@@ -364,7 +332,7 @@ def test_noise_is_pooled_over_every_repeated_measurement(tmp_path):
     s = open_session(root)
     s.measure_baseline()
     assert s.noise() == pytest.approx(0.000707, rel=1e-2)
-    step(s, Scripted(s.config, [], [2.9]))
+    step(s, Scripted(s.config, [2.9]))
     rec = Ledger(root / ".autoresearch").experiments()[-1]
     assert rec["status"] == "keep" and rec["min_delta_used"] == pytest.approx(2 * 0.000707, rel=1e-2)
     assert s.noise() == pytest.approx(0.000707, rel=1e-2)  # two pairs, same spread

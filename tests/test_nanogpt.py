@@ -323,6 +323,34 @@ def rewrite_archive(src: Path, folder: Path, edit, extra: tuple[str, bytes] | No
     return folder
 
 
+# A patch to the shipped train.py, as a proposer would write it.
+LEAK_ONE_POSITION = '''
+        leak = (torch.arange(T, device=idx.device) == 100).to(x.dtype)[None, :, None]
+        x = x + leak * self.wte(torch.roll(idx, shifts=-1, dims=1))  # position 100 sees token 101
+'''
+
+
+def patched_train(dest: Path, after: str, patch: str, **knobs: str) -> Path:
+    exp = copy_example(dest, **knobs)
+    text = (exp / "train.py").read_text()
+    assert text.count(after) == 1, after
+    (exp / "train.py").write_text(text.replace(after, after + patch))
+    return exp
+
+
+def test_a_model_that_leaks_the_next_token_at_one_position_is_rejected(prepared, tmp_path):
+    exp = patched_train(tmp_path / "leaky", "        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))\n",
+                        LEAK_ONE_POSITION)
+    env = env_for(prepared["cache"], prepared["corpus"], AUTORESEARCH_BUDGET_S="2",
+                  AUTORESEARCH_ARTIFACTS=str(tmp_path / "artifacts"))
+    proc = run_py(["train.py"], exp, env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_py(["evaluate.py"], exp, env)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "rejected: the model looks ahead: its loss at position 100 changed" in proc.stdout
+    assert "val_bpb" not in proc.stdout
+
+
 def test_evaluator_refuses_cheats_and_unsafe_archives(prepared, trained, tmp_path):
     vocab = json.loads((corpus_dir(prepared) / "manifest.json").read_text())["vocab_size"]
     src = trained["artifacts"] / "model.pt2"

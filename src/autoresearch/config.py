@@ -59,7 +59,15 @@ class ExperimentConfig(_Strict):
     sandbox: Literal["auto", "none", "process", "bwrap"] = "auto"
     secrets: list[str] = Field(default_factory=list)  # extra env var names stripped by the sandbox
     max_log_mb: float = 10.0
-    budget_grace: float = 0.25  # a run over budget * (1 + grace) + 30 s is `over_budget`
+    budget_grace: float = 0.25  # the baseline itself: over budget * (1 + grace) + 30 s is `over_budget`
+    # A candidate over max(budget, the baseline's median wall time) * (1 + tolerance) + 2 s is `over_budget`.
+    wall_tolerance: float = Field(default=0.10, ge=0.0, le=10.0)
+    # Paths `run` may read although they lie inside a `hidden` entry or the home folder (which `run`
+    # does not see under bwrap): e.g. the training split of a data folder whose held-out part is hidden.
+    visible: list[str] = Field(default_factory=list)
+    # Folders in the experiment (e.g. a compile cache) that survive from one experiment to the next;
+    # everything else untracked or ignored is deleted before each run. Their hash goes into each record.
+    cache: list[str] = Field(default_factory=list)
 
     @field_validator("budget", "timeout", mode="before")
     @classmethod
@@ -72,6 +80,15 @@ class ExperimentConfig(_Strict):
         if not v.strip():
             raise ValueError("must be a non-empty shell command, e.g. run = \"python train.py\"")
         return v
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_inside(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            parts = entry.replace("\\", "/").strip("/").split("/")
+            if not entry.strip() or entry.startswith(("/", "~", "$")) or ".." in parts:
+                raise ValueError(f"entry {entry!r} must be a folder inside the experiment folder, e.g. cache = [\".cache/compile\"]")
+        return [e.replace("\\", "/").strip("/") for e in v]
 
     @field_validator("editable")
     @classmethod
@@ -98,6 +115,9 @@ class MetricConfig(_Strict):
 class JudgeConfig(_Strict):
     baseline_runs: int = Field(default=3, ge=1, le=100)
     min_delta: float | Literal["auto"] = "auto"
+    # "local": noise measured near the current best, seed for seed (see judge.py); "pooled": the
+    # earlier rule, one std over every repeated experiment and a keep at 2 x that std.
+    noise: Literal["local", "pooled"] = "local"
     confirm: bool = False
     # A gain beyond both bounds is `suspicious` and must be re-run before it can be kept.
     plausible_noise_factor: float = 10.0
@@ -146,6 +166,16 @@ class ProposerConfig(_Strict):
     agent: str = ""  # a template name: claude, codex, aider; or empty with `command`
     command: str = ""  # custom agent command; {prompt_file} is replaced by the prompt's path
     agent_timeout: float = 1800.0
+    # How the agent (and `autoresearch drive`'s agent) is confined: auto = bubblewrap where it works.
+    sandbox: Literal["auto", "none", "process", "bwrap"] = "auto"
+    network: bool = True  # a hosted agent needs its API; false cuts it off, the host's loopback too,
+    # except these ports of the host's 127.0.0.1 (a local model server), carried across the cut
+    loopback_ports: list[int] = Field(default_factory=list)
+    # What of the home folder the agent sees (its own config), read-write; unset: the template's own
+    # (claude: ~/.claude, ~/.claude.json; codex: ~/.codex; aider: ~/.aider*).
+    agent_paths: list[str] | None = None
+    # Variables passed although they look like credentials; unset: the template's API keys.
+    agent_env: list[str] | None = None
     # hybrid
     tune_steps: int = 5  # K: tune experiments after each kept LLM change
     tune_first: int = 0  # tune experiments before the model's first turn
@@ -156,11 +186,35 @@ class ProposerConfig(_Strict):
         return parse_duration(v)
 
 
+class EvidenceConfig(_Strict):
+    """[evidence]: witnesses outside the run. With timestamp_url set, the chain head is sent to an
+    RFC 3161 time-stamp authority every `timestamp_every` records and at every stop (0 = at stops
+    only); `verify` checks the tokens against the TSA certificate chain in `timestamp_ca`."""
+
+    timestamp_url: str = ""
+    timestamp_every: int = Field(default=10, ge=0)
+    timestamp_ca: str = ""  # PEM: the TSA's root (and intermediates); relative to the experiment folder
+    timestamp_timeout: float = 10.0
+
+    @field_validator("timestamp_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if v and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL of an RFC 3161 time-stamp authority, e.g. \"https://freetsa.org/tsr\"")
+        return v
+
+    @field_validator("timestamp_timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
 class Config(_Strict):
     experiment: ExperimentConfig
     metric: MetricConfig = Field(default_factory=MetricConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     proposer: ProposerConfig = Field(default_factory=ProposerConfig)
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
 
     @model_validator(mode="after")
     def _editable_not_protected(self) -> "Config":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fcntl
 import glob
-import math
 import json
 import os
 import shutil
@@ -29,17 +28,16 @@ from .config import Config, load_config
 from .errors import ProposalInvalid, UserError
 from .hostinfo import host_info
 from .ledger import Ledger
-from .progress import Progress
+from .progress import LoopSummary, Progress
 from .proposers import Context, Proposal, Proposer, create
 from .sandbox import Limits, SandboxSpec
-from .signing import Signer, key_dir
+from .signing import Signer, fingerprint, key_dir
 from .runner import ProcessResult, experiment_env, group_alive, kill_group, run_process
 from .workspace import BRANCH_PREFIX, Candidate, Workspace, git, sha256_file
 
+EMPTY_DIFF_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of b"": the baseline's diff
 MAX_RERUNS = 2  # confirmation / plausibility re-runs per experiment
 MAX_DUPLICATE_RETRIES = 3
-SANDBOX_MAX_PROCESSES = 4096  # processes and threads of one experiment (a fork bomb stops here)
-SANDBOX_MAX_FILE_BYTES = 50 * 1024**3  # the largest file an experiment may write
 
 
 def _now() -> str:
@@ -68,6 +66,7 @@ class Session:
         self.ledger = Ledger(self.ws.state)
         self.progress = progress or Progress(quiet=True)
         self.tag: str | None = None
+        self.limits = Limits.default()  # what stops a fork bomb or a runaway file
         self._lock_fh = None
         self._sandbox_warned = False
 
@@ -128,6 +127,7 @@ class Session:
                 raise UserError(f"{self.root} has a run with tag {header['tag']!r}; resume it without --tag, or start another with --new --tag {tag}")
             self.tag = header["tag"]
             self.ledger.signer = self._load_signer(header)
+            self.check_config_pinned(header)
             self.ws.open_run(self.tag)
             self.recover()
             return self.tag
@@ -136,7 +136,7 @@ class Session:
         self.tag, base = self.ws.create_run(tag)
         key_id = f"{self.tag}-{uuid.uuid4().hex[:12]}"
         self.ledger.signer = Signer.load_or_create(key_id)
-        self.ledger.append({
+        self._append({
             "kind": "start",
             "version": 1,
             "tag": self.tag,
@@ -146,12 +146,53 @@ class Session:
             "metric": self.config.metric.name,
             "goal": self.config.metric.goal,
             "config": self.config.model_dump(mode="json"),
+            "config_sha256": config_digest(self.config.model_dump(mode="json")),
             "created": _now(),
             "key_id": key_id,
             "public_key": self.ledger.signer.public_key,
             "host": host_info(),
         })
         return self.tag
+
+    def _append(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Record, then (when configured) have a time-stamp authority witness the new chain head."""
+        from .timestamp import maybe_stamp
+
+        record = self.ledger.append(record)
+        maybe_stamp(self.ws.state, self.config.evidence, *self.ledger.chain_head(), warn=self.progress.warn)
+        return record
+
+    def witness_and_head(self) -> list[str]:
+        """At a stop: a time-stamp of the final head (when configured), and the line to note."""
+        from .ledger import chain_head_line
+        from .timestamp import maybe_stamp
+
+        if not self.ledger.exists():
+            return []
+        maybe_stamp(self.ws.state, self.config.evidence, *self.ledger.chain_head(), force=True, warn=self.progress.warn)
+        return [f"{chain_head_line(self.ws.state)} (note it: a later rewrite or truncation of the record changes it)"]
+
+    def check_config_pinned(self, header: dict[str, Any]) -> None:
+        """The configuration is fixed when the run starts: a resumed run or a `try` that finds
+        autoresearch.toml changed (say `evaluate = ""`, a longer budget) refuses to go on. Only
+        the proposer may change between sessions; each record names the proposer it came from."""
+        pinned = [r for r in self.ledger.records() if r.get("kind") in ("start", "config")][-1]
+        started = {k: v for k, v in (pinned.get("config") or {}).items() if k not in UNPINNED}
+        now = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in UNPINNED}
+        differ = _differing_keys(started, now)
+        if differ and not self.has_baseline() and self.ledger.signer is not None:
+            # Nothing has been measured yet (a baseline that crashed): the fix is recorded and the run goes on.
+            self._append({"kind": "config", "config": self.config.model_dump(mode="json"),
+                                "config_sha256": config_digest(self.config.model_dump(mode="json")),
+                                "changed": differ, "created": _now()})
+            self.progress.info(f"autoresearch.toml changed before the baseline ({', '.join(differ[:8])}); recorded")
+            return
+        if differ:
+            raise UserError(
+                f"{self.root / 'autoresearch.toml'} changed since the run started ({', '.join(differ[:8])}"
+                f"{', ...' if len(differ) > 8 else ''}); put it back, or start a new run with the new configuration "
+                f"with `autoresearch run {self.root} --new`"
+            )
 
     def _load_signer(self, header: dict[str, Any]) -> Signer:
         key_id = header.get("key_id", "")
@@ -169,10 +210,11 @@ class Session:
             old = {}
         dest = self.ws.state / "archive" / str(old.get("tag", "old"))
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("ledger.jsonl", "results.tsv", "runs", "pending.json", "progress.png", "report.html"):
+        for name in ("ledger.jsonl", "results.tsv", "runs", "pending.json", "progress.png", "report.html", "timestamps"):
             if (self.ws.state / name).exists():
                 shutil.move(str(self.ws.state / name), str(dest / name))
         self.ws.remove_worktree()
+        self.ws.drop_checkout(self.ws.state / "try-checkout")
         self.ledger = Ledger(self.ws.state, signer=self.ledger.signer)
         self.progress.info(f"archived the previous run to {dest}")
 
@@ -199,7 +241,7 @@ class Session:
             if pending.get("commit") and pending.get("parent") and not patch.exists():
                 patch.parent.mkdir(parents=True, exist_ok=True)
                 patch.write_text(self.ws.diff(pending["parent"], pending["commit"]), encoding="utf-8")
-            self.ledger.append({
+            self._append({
                 "kind": "experiment",
                 "id": pending["id"],
                 "status": "interrupted",
@@ -237,26 +279,9 @@ class Session:
         return (best_rec["metric"] if best_rec else None), best_rec
 
     def noise(self) -> float | None:
-        """Run-to-run std of the metric: pooled over every experiment measured more than once (the
-        baseline's seeds, confirmations, re-runs of implausible gains). Noise often shrinks as the
-        metric improves; pooling lets later repeated runs update the estimate the judge uses."""
-        name = self.config.metric.name
-        dof, ss = 0, 0.0
-        found = False
-        for rec in self.ledger.experiments():
-            if rec["status"] not in ("baseline", "keep", "discard"):
-                continue
-            values = [v for v in ((r.get("metrics") or {}).get(name) for r in rec.get("runs", []))
-                      if isinstance(v, (int, float)) and math.isfinite(v)]
-            if rec["status"] == "baseline":
-                found = True
-            if len(values) >= 2:
-                mean = statistics.fmean(values)
-                ss += sum((v - mean) ** 2 for v in values)
-                dof += len(values) - 1
-        if not found:
-            return None
-        return math.sqrt(ss / dof) if dof else 0.0
+        """Run-to-run std of the metric at the current best, as the judge measures it (judge.py):
+        from the repeats nearest the best, never from a plausibility re-run; None before the baseline."""
+        return judging.noise_at_best(self.ledger.experiments(), self.config.metric.name, self.config.judge)
 
     def has_baseline(self) -> bool:
         return any(r["status"] == "baseline" for r in self.ledger.experiments())
@@ -270,14 +295,22 @@ class Session:
         log = self.ws.state / "setup.log"
         env = experiment_env(budget_s=int(self.config.experiment.budget), artifacts=self.ws.state / "setup-artifacts", run_id="setup", seed=0)
         (self.ws.state / "setup-artifacts").mkdir(parents=True, exist_ok=True)
-        res = run_process(cmd, cwd=self.ws.exp_dir, env=env, timeout=max(self.config.experiment.timeout, 3600), log_path=log)
+        self.progress.begin("setup", "setup")
+        try:
+            res = run_process(cmd, cwd=self.ws.exp_dir, env=env, timeout=max(self.config.experiment.timeout, 3600), log_path=log,
+                              on_line=self.progress.output)
+        finally:
+            self.progress.end()
         if res.interrupted:
             raise KeyboardInterrupt
         if not res.ok:
             raise UserError(f"setup command {cmd!r} failed (exit {res.exit_code}); see {log} and fix it, then run again")
 
     def _run_once(self, exp_id: int, k: int, run_dir: Path, checkout: Path, editable_hashes: dict, protected_hashes: dict,
-                  *, track: bool = True, seed: int | None = None) -> Measured:
+                  *, commit: str, track: bool = True, seed: int | None = None, repeats: int = 1,
+                  eta_s: float | None = None) -> Measured:
+        """One repeat: the checkout is made exactly `commit`'s files, `run` runs in it, then
+        `evaluate` runs from a fresh copy of the protected files; the harness reads the metric."""
         exp = self.config.experiment
         suffix = "" if k == 0 else f"-{k + 1}"
         artifacts = run_dir / f"artifacts{suffix}"
@@ -290,27 +323,41 @@ class Session:
         for name in self._proposer_secrets():  # the proposer's API key never reaches the experiment
             env.pop(name, None)
         cwd = self.ws.in_tree(checkout)
+        self.ws.scrub(checkout, commit, keep=exp.cache)  # nothing a previous experiment left behind
+        cache_before = {rel: self.ws.hash_folder(checkout, rel) for rel in exp.cache}
 
         def note_pgid(pgid: int) -> None:
             if track:
                 self._update_pending(pgid=pgid)
 
-        res = run_process(exp.run, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"run{suffix}.log",
-                          max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid,
-                          sandbox=self._sandbox_spec(checkout, artifacts, evaluate=False))
-        self._warn_sandbox(res)
-        run_metrics = metric_io.collect(res.output, artifacts)
-        step, final, eval_metrics = "run", res, None
-        if exp.evaluate.strip() and res.ok:
-            eres = run_process(exp.evaluate, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"evaluate{suffix}.log",
-                               max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid,
-                               sandbox=self._sandbox_spec(checkout, artifacts, evaluate=True))
-            eval_metrics = metric_io.parse_text(eres.output)
-            step, final = "evaluate", eres
+        label = f"[{exp_id}] repeat {k + 1}/{repeats}"
+        self.progress.begin(label, "run", budget_s=exp.budget, eta_s=eta_s)
+        try:
+            res = run_process(exp.run, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"run{suffix}.log",
+                              max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid, on_line=self.progress.output,
+                              sandbox=self._sandbox_spec(cwd, artifacts, evaluate=False))
+            self._warn_sandbox(res)
+            run_metrics = metric_io.collect(res.output, artifacts)
+            step, final, eval_metrics, eval_start_s = "run", res, None, None
+            if exp.evaluate.strip() and res.ok:
+                self.progress.begin(label, "evaluate", eta_s=None if eta_s is None else eta_s - res.wall_s)
+                t0 = time.monotonic()
+                fresh = self.ws.export_files(commit, self._evaluator_files, self.ws.state / "evaluator" / "checkout")
+                eval_start_s = time.monotonic() - t0
+                eres = run_process(exp.evaluate, cwd=fresh, env=self._evaluate_env(env), timeout=exp.timeout,
+                                   log_path=run_dir / f"evaluate{suffix}.log", max_log_bytes=int(exp.max_log_mb * 1024 * 1024),
+                                   on_start=note_pgid, on_line=self.progress.output,
+                                   sandbox=self._sandbox_spec(fresh, artifacts, evaluate=True))
+                eval_metrics = metric_io.parse_text(eres.output)
+                step, final = "evaluate", eres
+        finally:
+            self.progress.end()
         metrics = eval_metrics if eval_metrics is not None else run_metrics
         primary = None if (exp.evaluate.strip() and eval_metrics is None) else metrics.get(self.config.metric.name)
         problem = self._guard(checkout, editable_hashes, protected_hashes)
-        over = res.ok and res.wall_s > exp.budget * (1 + exp.budget_grace) + 30
+        allowance, allowance_rule = judging.wall_allowance(exp.budget, self._baseline_walls, tolerance=exp.wall_tolerance,
+                                                           grace=exp.budget_grace)
+        over = res.ok and res.wall_s > allowance
         outcome = judging.RunOutcome(
             metric=primary,
             exit_code=final.exit_code,
@@ -318,7 +365,10 @@ class Session:
             failed_step=step if final is not res or not res.ok else "run",
             last_line=(final.tail(1) if not final.ok else ""),
             over_budget=over,
+            wall_s=res.wall_s,
+            allowance_s=allowance,
             problem=problem,
+            seed=seed,
         )
         if not res.ok:
             outcome.failed_step, outcome.exit_code, outcome.timed_out = "run", res.exit_code, res.timed_out
@@ -329,7 +379,10 @@ class Session:
             "exit_code": res.exit_code,
             "evaluate_exit_code": final.exit_code if final is not res else None,
             "wall_s": round(res.wall_s, 3),
+            "wall_allowance_s": round(allowance, 3),
+            "wall_allowance_rule": allowance_rule,
             "evaluate_wall_s": round(final.wall_s, 3) if final is not res else None,
+            "evaluator_checkout_s": round(eval_start_s, 4) if eval_start_s is not None else None,
             "peak_rss_mb": round(max(res.peak_rss_mb, final.peak_rss_mb), 1),
             "peak_vram_mb": vram,
             "timed_out": res.timed_out or final.timed_out,
@@ -339,37 +392,78 @@ class Session:
             "log_sha256": sha256_file(res.log_path),
             "output_bytes": res.output_bytes,
         }
+        if exp.cache:
+            info["cache_sha256"] = {"before": cache_before,
+                                    "after": {rel: self.ws.hash_folder(checkout, rel) for rel in exp.cache}}
         if eval_metrics is not None:
             info["run_metrics"] = metric_io.jsonable(run_metrics)  # recorded, never counted
         if res.interrupted or final.interrupted:
             info["interrupted"] = True
         return Measured(outcome, info, final if not res.ok or final is not res else res, metrics)
 
-    def _sandbox_spec(self, checkout: Path, artifacts: Path, *, evaluate: bool) -> SandboxSpec:
-        """What `run` (or `evaluate`) may see and touch. The ledger, other runs, the signing key and
-        (for `run`) the hidden files are out of sight; protected files are read-only."""
+    @property
+    def _evaluator_files(self) -> list[str]:
+        """What `evaluate` sees of the experiment folder: the protected files and the hidden files
+        inside the folder (its held-out data), as committed. Never the editable code."""
+        inside = [h for h in self.config.experiment.hidden if not h.startswith(("/", "~", "$"))]
+        hidden = self.ws.expand(inside, self.ws.worktree if self.tag else None, key="hidden") if inside else []
+        return sorted(set(self.protected) | set(hidden))
+
+    @property
+    def _baseline_walls(self) -> list[float]:
+        """The baseline's measured wall times (the reference a candidate's wall time is judged against)."""
+        base = next((r for r in self.ledger.experiments() if r["status"] == "baseline"), None)
+        return [r["wall_s"] for r in (base or {}).get("runs", []) if isinstance(r.get("wall_s"), (int, float))]
+
+    def _evaluate_env(self, env: dict[str, str]) -> dict[str, str]:
+        """`evaluate` runs Python with a bytecode cache of its own, out of `run`'s sight: a `.pyc`
+        that `run` planted is never read (and the fresh checkout has no `__pycache__` at all)."""
+        pycache = self.ws.state / "evaluator" / "pycache"
+        pycache.mkdir(parents=True, exist_ok=True)
+        out = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE",
+                                                         "PYTHONDONTWRITEBYTECODE")}
+        # Written, so that only the first evaluation compiles its imports (torch: ~5 s of CPU).
+        out["PYTHONPYCACHEPREFIX"] = str(pycache)
+        out["PYTHONNOUSERSITE"] = "1"
+        return out
+
+    def _sandbox_spec(self, workdir: Path, artifacts: Path, *, evaluate: bool) -> SandboxSpec:
+        """What `run` (or `evaluate`) may see and touch. The whole state folder (ledger, other
+        checkouts, other experiments' outputs), the signing key and, for `run`, the `hidden` paths
+        and the home folder are out of sight; protected files are read-only. `evaluate` works in a
+        fresh read-only copy of the protected files and reads the artifacts as data."""
         exp = self.config.experiment
         state = self.ws.state
-        hidden = [state / name for name in ("ledger.jsonl", "results.tsv", "pending.json", "lock", "archive", "setup.log")]
-        hidden += [state / "runs", key_dir()]
-        readonly = [self.ws.in_tree(checkout, rel) for rel in self.protected]
-        if not evaluate and exp.hidden:
-            outside = [h for h in exp.hidden if h.startswith(("/", "~", "$"))]
-            inside = [h for h in exp.hidden if h not in outside]
-            for entry in outside:  # data outside the folder, e.g. a cached validation split
-                hidden += [Path(p) for p in glob.glob(os.path.expandvars(os.path.expanduser(entry)))]
-            for base in (checkout, self.ws.root) if inside else ():
-                hidden += [self.ws.in_tree(base, rel) for rel in self.ws.expand(inside, base, key="hidden")]
-            if inside:  # a tracked hidden file could still be read from git's object store
-                hidden.append(self.ws.git_dir())
+        hidden: list[Path] = [state, key_dir()]
+        readonly: list[Path] = []
+        writable: list[Path] = []
+        visible: list[Path] = []
+        if evaluate:
+            pycache = state / "evaluator" / "pycache"
+            readonly += [workdir, artifacts]
+            writable.append(pycache)
+        else:
+            readonly += [workdir / rel for rel in self.protected]
+            writable.append(artifacts)
+            for entry in exp.hidden:
+                if entry.startswith(("/", "~", "$")):  # data outside the folder, e.g. a cached validation split
+                    hidden += _glob_paths(entry)
+                else:
+                    hidden += [workdir / rel for rel in self.ws.expand([entry], self.ws.repo, key="hidden")]
+                    hidden += [self.ws.root / rel for rel in self.ws.expand([entry], self.ws.repo, key="hidden")]
+                    hidden.append(self.ws.git_dir())  # a tracked hidden file could be read from git's objects
+            for entry in exp.visible:
+                visible += _glob_paths(entry)
         return SandboxSpec(
             mode=exp.sandbox,
-            workdir=self.ws.in_tree(checkout),
-            writable=[artifacts],
+            workdir=workdir,
+            writable=writable,
             readonly=readonly,
             hidden=[p for p in hidden if p.exists()],
             secrets=list(exp.secrets),
-            limits=Limits(nproc=SANDBOX_MAX_PROCESSES, fsize=SANDBOX_MAX_FILE_BYTES),
+            limits=self.limits,
+            hide_home=not evaluate,
+            visible=visible,
         )
 
     def _proposer_secrets(self) -> list[str]:
@@ -410,10 +504,13 @@ class Session:
         os.replace(tmp, self._pending_path)
 
     def execute(self, candidate: Candidate, *, description: str, proposer: str, proposal: dict[str, Any],
-                checkout: Path | None = None, baseline: bool = False) -> dict[str, Any]:
-        """Run, judge and record one experiment whose code is committed as `candidate` and checked out."""
+                checkout: Path | None = None, baseline: bool = False, keep_checkout: Path | None = None) -> dict[str, Any]:
+        """Run, judge and record one experiment whose code is committed as `candidate`, in `checkout`
+        (made exactly the candidate's files first). At a keep, `keep_checkout` (default: the same)
+        is moved to the new best."""
         assert self.tag
         checkout = checkout or self.ws.worktree
+        self.ws.scrub(checkout, candidate.commit, keep=self.config.experiment.cache)
         exp_id = len(self.ledger.experiments())
         run_dir = self.ws.state / "runs" / str(exp_id)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -428,18 +525,22 @@ class Session:
         self._expected_head = candidate.parent
         editable_hashes = self.ws.hash_files(self.editable, checkout)
         protected_hashes = self.ws.hash_files(self.protected, checkout)
-        best, _ = self.best()
+        best, best_rec = self.best()
         noise = self.noise()
+        model = judging.noise_model(self.ledger.experiments(), self.config.metric.name, best) if not baseline else None
+        best_runs = judging.repeats(best_rec, self.config.metric.name) if best_rec else None
         runs: list[Measured] = []
         n_first = self.config.judge.baseline_runs if baseline else 1
         verdict: judging.Verdict | None = None
         interrupted = False
         while True:
             todo = n_first if not runs else 1
-            for _ in range(todo):
-                m = self._run_once(exp_id, len(runs), run_dir, checkout, editable_hashes, protected_hashes)
+            for i in range(todo):
+                # The baseline's first line of progress says when its first result is due.
+                eta = self.config.experiment.budget * 1.05 if baseline and not runs else None
+                m = self._run_once(exp_id, len(runs), run_dir, checkout, editable_hashes, protected_hashes,
+                                   commit=candidate.commit, repeats=len(runs) + todo - i, eta_s=eta)
                 runs.append(m)
-                self.progress.run_done(exp_id, len(runs), m)
                 if m.info.get("interrupted"):
                     interrupted = True
                     break
@@ -449,7 +550,8 @@ class Session:
                 break
             verdict = judging.decide([m.outcome for m in runs], metric_name=self.config.metric.name,
                                      maximize=self.config.maximize, judge=self.config.judge,
-                                     best=best, noise=noise, baseline=baseline)
+                                     best=best, noise=noise, baseline=baseline, model=model, best_runs=best_runs,
+                                     max_runs=MAX_RERUNS + 1)
             if verdict.status == "rerun" and len(runs) <= MAX_RERUNS:
                 self.progress.info(f"experiment {exp_id}: {verdict.reason}")
                 continue
@@ -489,7 +591,9 @@ class Session:
             "best": new_best,
             "delta": (metric - best) if (metric is not None and best is not None and not baseline) else None,
             "noise_used": noise,
-            "min_delta_used": judging.threshold(self.config.judge, noise) if not baseline else None,
+            "min_delta_used": (verdict.need if verdict.need is not None else judging.threshold(self.config.judge, noise))
+            if not baseline else None,
+            "noise_model": model.describe() if model is not None else None,
             "memory_gb": round(memory_gb, 3),
             "command": self.config.experiment.run,
             "evaluate": self.config.experiment.evaluate,
@@ -504,12 +608,12 @@ class Session:
             record["noise"] = judging.noise_of(values) if verdict.status == "baseline" else None
         if verdict.status not in ("baseline", "keep", "discard") and runs:
             record["log_tail"] = runs[-1].result.tail()
-        record = self.ledger.append(record)
+        record = self._append(record)
         # The record is on disk; only now does the branch move.
         if verdict.status == "keep":
-            self.ws.keep(self.tag, candidate.commit, candidate.parent, checkout)
+            self.ws.keep(self.tag, candidate.commit, candidate.parent, keep_checkout or checkout)
         self._pending_path.unlink(missing_ok=True)
-        self.progress.experiment_done(record, self)
+        self.progress.experiment_done(record)
         if interrupted:
             raise Stop()
         return record
@@ -518,21 +622,21 @@ class Session:
         """A proposal that never ran: it could not be applied, or it changed what it may not."""
         best, _ = self.best()
         parent = self.ws.branch_head(self.tag)  # type: ignore[arg-type]
-        record = self.ledger.append({
+        record = self._append({
             "kind": "experiment", "id": len(self.ledger.experiments()), "status": status, "reason": reason,
             "flags": [], "description": description, "proposer": proposer, "proposal": proposal,
             "parent": parent, "commit": None, "tree": None, "diff_sha256": None, "changed": [],
             "metric": None, "metrics": {}, "runs": [], "best": best, "delta": None, "memory_gb": 0.0,
             "command": self.config.experiment.run, "start": _now(), "end": _now(),
         })
-        self.progress.experiment_done(record, self)
+        self.progress.experiment_done(record)
         return record
 
     def measure_baseline(self) -> dict[str, Any]:
         self.ws.reset()
         self.run_setup()
         head = self.ws.head()
-        candidate = Candidate(head, head, self.ws.tree_of(head), "", judging_empty_sha(), [])
+        candidate = Candidate(head, head, self.ws.tree_of(head), "", EMPTY_DIFF_SHA256, [])
         rec = self.execute(candidate, description="baseline", proposer="baseline", proposal={}, baseline=True)
         if rec["status"] != "baseline":
             raise UserError(
@@ -544,34 +648,57 @@ class Session:
     def remeasure(self, rec: dict[str, Any]) -> tuple[float | None, str]:
         """Run a recorded commit again, in a scratch checkout, with the seeds it was measured with.
         Returns the mean metric (None on failure) and a status word. Nothing is recorded."""
-        scratch = self.ws.state / "rerun" / str(rec["id"])
+        scratch = self.ws.scratch_checkout(self.ws.state / "rerun" / str(rec["id"]), rec["commit"])
         run_dir = self.ws.state / "runs" / f"rerun-{rec['id']}"
-        if scratch.exists():
-            git("worktree", "remove", "--force", str(scratch), cwd=self.root, check=False)
-        git("worktree", "add", "-q", "--detach", str(scratch), rec["commit"], cwd=self.root)
         try:
             self._expected_head = rec["commit"]
             editable_hashes = self.ws.hash_files(self.editable, scratch)
             protected_hashes = self.ws.hash_files(self.protected, scratch)
             values = []
             for k, seed in enumerate(rec.get("seeds") or [0]):
-                m = self._run_once(rec["id"], k, run_dir, scratch, editable_hashes, protected_hashes, track=False, seed=seed)
+                m = self._run_once(rec["id"], k, run_dir, scratch, editable_hashes, protected_hashes, commit=rec["commit"],
+                                   track=False, seed=seed, repeats=len(rec.get("seeds") or [0]))
                 bad = judging.failure(m.outcome, self.config.metric.name)
                 if bad is not None:
                     return None, f"{bad.status}: {bad.reason}"
                 values.append(m.outcome.metric)
             return statistics.fmean(values), "ok"
         finally:
-            git("worktree", "remove", "--force", str(scratch), cwd=self.root, check=False)
+            self.ws.drop_checkout(scratch)
 
     def tried_trees(self) -> dict[str, int]:
         return {r["tree"]: r["id"] for r in self.ledger.experiments() if r.get("tree") and r["status"] != "interrupted"}
 
 
-def judging_empty_sha() -> str:
+UNPINNED = ("proposer", "evidence")  # config sections that may change while a run goes on
+
+
+def config_digest(config: dict[str, Any]) -> str:
     import hashlib
 
-    return hashlib.sha256(b"").hexdigest()
+    from .signing import canonical_json
+
+    return hashlib.sha256(canonical_json({k: v for k, v in config.items() if k not in UNPINNED})).hexdigest()
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the keys whose values differ between two nested dicts."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(a):  # a key the start record lacks came with a newer autoresearch
+            out += _differing_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _glob_paths(entry: str) -> list[Path]:
+    """A config path (`~`, `$VAR`, globs) as the paths it names now; an unset variable names none."""
+    expanded = os.path.expandvars(os.path.expanduser(entry))
+    if "$" in expanded:
+        return []
+    return [Path(p) for p in glob.glob(expanded)]
+
+
 
 
 def _context(session: Session, feedback: str = "") -> Context:
@@ -603,7 +730,7 @@ def step(session: Session, proposer: Proposer) -> dict[str, Any]:
         except ProposalInvalid as err:
             session.ws.reset()
             rec = session.record_invalid(str(err), description="(no valid proposal)", proposer=proposer.name,
-                                         proposal=getattr(err, "meta", None) or {})  # tokens spent still count
+                                         proposal=err.meta)  # tokens spent still count
             proposer.observe(rec)
             return rec
         try:
@@ -635,16 +762,6 @@ def step(session: Session, proposer: Proposer) -> dict[str, Any]:
     return rec
 
 
-@dataclass
-class LoopSummary:
-    tag: str
-    experiments: int
-    kept: int
-    best: float | None
-    baseline: float | None
-    stopped_by: str
-
-
 def run_loop(
     root: Path,
     *,
@@ -655,8 +772,10 @@ def run_loop(
     tag: str | None = None,
     new: bool = False,
     progress: Progress | None = None,
+    learn_from: list[Path] | None = None,
 ) -> LoopSummary:
-    """Run (or resume) the loop in ROOT until a stop condition, Ctrl-C, or forever."""
+    """Run (or resume) the loop in ROOT until a stop condition, Ctrl-C, or forever. LEARN_FROM:
+    folders of other runs whose experiments the proposer may learn from (never recorded here)."""
     session = Session(root, progress=progress)
     if proposer:
         session.config.proposer = session.config.proposer.model_copy(update={"kind": proposer})
@@ -666,11 +785,15 @@ def run_loop(
     stopped_by = "max-experiments"
     with session.locked():
         session.open(tag=tag, new=new)
-        session.progress.start(session, max_experiments=max_experiments, max_time=max_time)
+        session.progress.info(f"run key fingerprint: {fingerprint(session.ledger.signer.public_key)} (to check an exported bundle "
+                              "against: `autoresearch verify --bundle B --key FINGERPRINT`)")
+        session.progress.start(tag=session.tag or "", worktree=session.ws.worktree, recorded=len(session.ledger.experiments()),
+                               metric=session.config.metric.name, goal=session.config.metric.goal,
+                               proposer=session.config.proposer.kind, max_experiments=max_experiments, max_time=max_time)
         try:
             if not session.has_baseline():
                 session.measure_baseline()
-            prop = create(session.config, session.ledger.experiments())
+            prop = create(session.config, session.ledger.experiments(), learn_from=learn_from, warn=session.progress.warn)
             try:
                 while True:
                     if max_experiments is not None and done >= max_experiments:
@@ -682,7 +805,6 @@ def run_loop(
                     if max_cost is not None and total_cost(session.ledger.experiments()) >= max_cost:
                         stopped_by = "max-cost"
                         break
-                    session.progress.deadline(started, max_time, done, max_experiments)
                     rec = step(session, prop)
                     done += 1
                     kept += rec["status"] == "keep"
@@ -695,7 +817,7 @@ def run_loop(
             session.ws.reset()
     best, _ = session.best()
     base = next((r["metric"] for r in session.ledger.experiments() if r["status"] == "baseline"), None)
-    summary = LoopSummary(session.tag or "", done, kept, best, base, stopped_by)
+    summary = LoopSummary(session.tag or "", done, kept, best, base, stopped_by, notes=session.witness_and_head())
     session.progress.finish(summary)
     return summary
 
@@ -739,7 +861,8 @@ def find_session_for_checkout(path: Path) -> tuple[Session, Path]:
     return session, top_p
 
 
-def try_change(path: Path, description: str, progress: Progress | None = None) -> dict[str, Any]:
+def try_change(path: Path, description: str, progress: Progress | None = None,
+               proposal: dict[str, Any] | None = None) -> dict[str, Any]:
     """Agent-driven mode: commit the checkout's uncommitted change to editable files, run, judge,
     record, and keep or reset. The agent never reports a number; the harness measures it."""
     session, checkout = find_session_for_checkout(path)
@@ -753,6 +876,7 @@ def try_change(path: Path, description: str, progress: Progress | None = None) -
         header = session.ledger.header() or {}
         session.tag = header.get("tag")
         session.ledger.signer = session._load_signer(header)
+        session.check_config_pinned(header)
         branch = git("rev-parse", "--abbrev-ref", "HEAD", cwd=checkout).strip()
         if branch != f"{BRANCH_PREFIX}{session.tag}":
             raise UserError(
@@ -768,11 +892,11 @@ def try_change(path: Path, description: str, progress: Progress | None = None) -
 
         outside = [p for p in changed if not matches(p, editable_patterns)]
         inside = [p for p in changed if matches(p, editable_patterns)]
-        if outside:
-            session.ws.restore(outside, checkout)
+        if outside:  # the whole change goes, so the next try starts from the best code, not half of this one
+            session.ws.restore(changed, checkout)
             rec = session.record_invalid(
-                f"changed files outside editable: {', '.join(outside)} (reverted)",
-                description=description, proposer="try", proposal={"violations": outside}, status="rejected")
+                f"changed files outside editable: {', '.join(outside)}; the whole change was reverted",
+                description=description, proposer="try", proposal={**(proposal or {}), "violations": outside}, status="rejected")
             return rec
         if not inside:
             raise UserError(f"no change to the editable files ({', '.join(editable_patterns)}) in {checkout}; edit them first")
@@ -780,13 +904,17 @@ def try_change(path: Path, description: str, progress: Progress | None = None) -
             candidate = session.ws.commit_candidate(description, inside, checkout)
         except ProposalInvalid as err:
             session.ws.restore(inside, checkout)
-            return session.record_invalid(f"{err} (reverted)", description=description, proposer="try", proposal={},
+            return session.record_invalid(f"{err} (reverted)", description=description, proposer="try", proposal=dict(proposal or {}),
                                           status="rejected")
         seen = session.tried_trees().get(candidate.tree)
         if seen is not None:
             raise UserError(f"this exact code already ran as experiment {seen}; try something different")
+        # The experiment runs in a checkout of its own: the agent's shell, editor and scratch files
+        # stay as they are, and nothing they leave behind reaches the run.
+        scratch = session.ws.scratch_checkout(session.ws.state / "try-checkout", candidate.parent)
         try:
-            rec = session.execute(candidate, description=description, proposer="try", proposal={}, checkout=checkout)
+            rec = session.execute(candidate, description=description, proposer="try", proposal=dict(proposal or {}), checkout=scratch,
+                                  keep_checkout=checkout)
         finally:
             if session.ws.head(checkout) != session.ws.branch_head(session.tag or ""):
                 git("reset", "-q", "--hard", session.ws.branch_head(session.tag or ""), cwd=checkout)

@@ -24,7 +24,11 @@ What each mode holds (as enforced, not as hoped):
   Everything outside the worktree, the writable folders and /tmp is read-only, ~/.cache included
   (TRITON_CACHE_DIR and MPLCONFIGDIR point into /tmp unless set), and so is the worktree's `.git`.
   A hidden file that git tracks can still be read from the repository's object store unless the
-  repository's git folder is hidden too.
+  repository's git folder is hidden too. With `hide_home` the home folder is an empty throw-away
+  folder but for the Python installation and the `visible` paths bound back read-only: a
+  credential file no deny-list names (~/.npmrc, ~/.cargo/credentials, a cloud CLI's folder) is out
+  of reach as well. `visible` paths also show through a hidden folder (a data folder's training
+  split, with its held-out split and the download it came from hidden).
   `--die-with-parent` kills the sandbox when the thread that started it exits: start it from a
   thread that outlives it. A SIGTERM to the group ends the sandbox at once, with no grace: bwrap
   dies of it, and its pid namespace goes with it (so does the namespace when the shell, its first
@@ -80,6 +84,7 @@ _BWRAP_CACHE_ENV = {"TRITON_CACHE_DIR": "/tmp/.cache/triton", "MPLCONFIGDIR": "/
 _CGROUP_PREFIX = "autoresearch-"  # then "<harness pid>-<random>"
 _TMP_TMPFS_BYTES = 4 << 30  # the sandbox's own /tmp
 _MASK_TMPFS_BYTES = 1 << 20  # a hidden folder becomes an empty tmpfs; writes to it go nowhere useful
+_HOME_TMPFS_BYTES = 256 << 20  # a hidden home: room for the dot-files tools write there
 _BWRAP_OWN_PROCS = 3  # bwrap's outer process and its pid-1 reaper count against the process cap
 
 
@@ -110,6 +115,20 @@ class SandboxSpec:
     secrets: list[str] = field(default_factory=list)  # extra env var names (or globs) to strip
     limits: Limits = field(default_factory=Limits)
     network: bool = False
+    # The home folder becomes an empty throw-away folder (credentials a deny-list misses stay out of
+    # reach), except the Python installation and `visible` paths.
+    hide_home: bool = False
+    visible: list[Path] = field(default_factory=list)  # read-only, even inside a hidden folder or the home
+    # For an agent proposer: env names kept although they look like secrets (its own API key),
+    # HOME_SECRETS entries it may see (its own config), and a folder bound over the home folder so
+    # nothing else of the user's home is in sight (bwrap only).
+    keep_env: list[str] = field(default_factory=list)
+    reveal: list[Path] = field(default_factory=list)
+    home: Path | None = None
+    overlay: dict[Path, Path] = field(default_factory=dict)  # bwrap: path -> file shown there, read-only
+    # bwrap only: argv the command runs under inside the sandbox (loopback.HostBridge.wrap: the
+    # chosen host loopback ports, carried across the network cut). Other modes cut no network.
+    bwrap_prefix: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -153,9 +172,13 @@ def prepare(spec: SandboxSpec, command: str, env: dict[str, str]) -> Prepared:
         )
 
     clean_env, stripped = strip_secrets(env, spec.secrets)
+    for name in spec.keep_env:
+        if name in env and name in stripped:
+            clean_env[name] = env[name]
+            stripped.remove(name)
     argv = shell
     if mode == "bwrap":
-        argv = _bwrap_argv(spec, probe) + shell
+        argv = _bwrap_argv(spec, probe) + spec.bwrap_prefix + shell
         for name, path in _BWRAP_CACHE_ENV.items():
             clean_env.setdefault(name, path)
     extra = _BWRAP_OWN_PROCS if mode == "bwrap" else 0
@@ -497,6 +520,23 @@ def _interpreter_under_tmp() -> list[Path]:
     return out
 
 
+def _python_paths() -> list[Path]:
+    """Where the harness's Python, its packages and autoresearch itself live: bound back read-only
+    when the sandbox hides the home folder (pyenv, a venv or a checkout under ~)."""
+    import site
+    import sys
+
+    paths = {sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent.parent),
+             str(Path(__file__).resolve().parents[1])}
+    try:
+        paths.update(site.getsitepackages())
+        paths.add(site.getusersitepackages())
+    except AttributeError:  # a virtualenv's site module may lack these
+        pass
+    paths.update(p for p in sys.path if p and os.path.isdir(p))
+    return [Path(p) for p in sorted(paths)]
+
+
 def _bwrap_argv(spec: SandboxSpec, probe: _Probe) -> list[str]:
     argv = _bwrap_base(probe, spec.network)
     for dev in sorted({d for pattern in _GPU_DEVICES for d in glob.glob(pattern)}):
@@ -506,13 +546,24 @@ def _bwrap_argv(spec: SandboxSpec, probe: _Probe) -> list[str]:
     # The worktree's .git file ties it to the run branch: `run` may not delete or redirect it.
     readonly = [*spec.readonly, workdir / ".git", *_interpreter_under_tmp()]
     home = Path.home()
-    hidden = [*spec.hidden, *(home / rel for rel in HOME_SECRETS)]
+    revealed = {p.resolve() for p in spec.reveal}
+    hidden = [*spec.hidden, *(home / rel for rel in HOME_SECRETS if (home / rel).resolve() not in revealed)]
+    if spec.hide_home or spec.home is not None:
+        readonly += [p for p in _python_paths() if p.resolve().is_relative_to(home.resolve())]
+    if spec.hide_home and spec.home is None:
+        hidden.append(home)
+    readonly += spec.visible
     # (path, rank, args): parents are mounted before children so a child mount lands on top;
     # at the same path, hidden beats readonly beats writable.
     ops: dict[tuple[str, int], list[str]] = {}
+    if spec.home is not None:  # the user's home is replaced; paths under it are bound back on top
+        ops[(str(home.resolve()), 3)] = ["--bind", str(spec.home.resolve()), str(home.resolve())]
+    for dest, src in spec.overlay.items():
+        ops[(str(dest.resolve()), 3)] = ["--ro-bind", str(src.resolve()), str(dest.resolve())]
     for p in [workdir, *spec.writable]:
         p = p.resolve()
-        p.mkdir(parents=True, exist_ok=True)
+        if not p.is_file():  # a file is bound as it is (an agent's ~/.claude.json)
+            p.mkdir(parents=True, exist_ok=True)
         ops[(str(p), 0)] = ["--bind", str(p), str(p)]
     for p in readonly:
         p = p.resolve()
@@ -521,7 +572,7 @@ def _bwrap_argv(spec: SandboxSpec, probe: _Probe) -> list[str]:
     for p in hidden:
         p = p.resolve()
         if p.is_dir():
-            size = ["--size", str(_MASK_TMPFS_BYTES)] if probe.size else []
+            size = ["--size", str(_HOME_TMPFS_BYTES if p == home.resolve() else _MASK_TMPFS_BYTES)] if probe.size else []
             ops[(str(p), 2)] = [*size, "--tmpfs", str(p)]
         elif p.exists():
             ops[(str(p), 2)] = ["--ro-bind", "/dev/null", str(p)]

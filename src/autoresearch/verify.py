@@ -259,6 +259,12 @@ def guarantees(exps: list[dict[str, Any]]) -> list[str]:
     for g, first, last in groups:
         ids = f"experiment {first}" if first == last else f"experiments {first}-{last}"
         lines.append(f"guarantees: {ids}: {g}")
+    for rec in exps:  # a declared cache carries state between experiments: show what each one found
+        for k, run in enumerate(rec.get("runs") or []):
+            for rel, before in ((run.get("cache_sha256") or {}).get("before") or {}).items():
+                after = run["cache_sha256"].get("after", {}).get(rel)
+                short = lambda h: h[:12] if h else "absent"  # noqa: E731
+                lines.append(f"cache: experiment {rec['id']} repeat {k + 1}: {rel} {short(before)} -> {short(after)}")
     return lines
 
 

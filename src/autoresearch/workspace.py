@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import os
+import shutil
+import stat
 import subprocess
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import date
@@ -77,6 +81,12 @@ def sha256_file(path: Path) -> str | None:
         return None
 
 
+def make_writable(path: Path) -> None:
+    """Undo `export_files`' read-only modes so the folder can be deleted."""
+    for folder, dirs, files in os.walk(path):
+        Path(folder).chmod(0o755)
+
+
 def default_tag(existing: set[str]) -> str:
     base = date.today().strftime("%b%d").lower()
     tag, n = base, 2
@@ -134,7 +144,7 @@ class Workspace:
 
     def expand(self, patterns: list[str], checkout: Path | None = None, *, key: str = "editable") -> list[str]:
         """Files (relative to the experiment folder) tracked in git that match the patterns."""
-        base = self.in_tree(checkout or self.root)
+        base = self.in_tree(checkout or self.repo)
         tracked = git("ls-files", "-z", cwd=base).split("\0")
         # A submodule or a symlink to a folder is tracked too, but it is not a file anyone can edit.
         files = sorted({t for t in tracked if t and matches(t, patterns) and not (base / t).is_dir()})
@@ -329,6 +339,70 @@ class Workspace:
             git("update-ref", ref, self._expected_head, cwd=self.root)
         if fields[:1] != ["*"]:
             self.open_run(self.tag)
+
+    # ---- fresh starts ------------------------------------------------------------------------------
+    def scrub(self, checkout: Path, commit: str, keep: list[str] = ()) -> None:
+        """Make a checkout's files exactly `commit`'s tree (HEAD stays where it is): tracked files
+        as committed, every untracked and ignored file gone (what one experiment left behind, e.g.
+        weights in `__pycache__/`, must not reach the next), except the declared cache folders."""
+        git("read-tree", "-u", "--reset", commit, cwd=checkout)
+        excludes = [arg for rel in keep for arg in ("-e", f"/{self._repo_path(rel)}/")]
+        git("clean", "-ffdxq", *excludes, cwd=checkout)
+
+    def scratch_checkout(self, path: Path, commit: str) -> Path:
+        """A detached checkout of `commit` at `path` (made, or reused and reset): where a re-run or an
+        agent-driven `try` runs, away from the run's worktree and from the agent's own checkout."""
+        if (path / ".git").exists() and git("rev-parse", "--is-inside-work-tree", cwd=path, check=False).strip() == "true":
+            git("checkout", "-q", "--detach", "-f", commit, cwd=path)
+            git("clean", "-ffdxq", cwd=path)
+            return path
+        git("worktree", "remove", "--force", str(path), cwd=self.root, check=False)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        git("worktree", "prune", cwd=self.root, check=False)
+        git("worktree", "add", "-q", "--detach", str(path), commit, cwd=self.root)
+        return path
+
+    def drop_checkout(self, path: Path) -> None:
+        git("worktree", "remove", "--force", str(path), cwd=self.root, check=False)
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+
+    def export_files(self, commit: str, rels: list[str], dest: Path) -> Path:
+        """Write `rels` (experiment-relative) as they are in `commit` into a new read-only folder
+        `dest`, straight from git's objects: nothing an experiment wrote into its checkout (planted
+        bytecode, a module named like an import) can be in it. Returns the experiment folder in it."""
+        if dest.exists():
+            make_writable(dest)
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        if rels:
+            data = subprocess.run(["git", "archive", "--format=tar", commit, "--", *[self._repo_path(r) for r in rels]],
+                                  cwd=self.root, capture_output=True, check=False)
+            if data.returncode != 0:
+                raise GitError(f"git archive {commit[:12]} failed in {self.root}: {data.stderr.decode(errors='replace').strip()}")
+            with tarfile.open(fileobj=io.BytesIO(data.stdout)) as tar:
+                tar.extractall(dest, filter="data")
+        exp = self.in_tree(dest)
+        exp.mkdir(parents=True, exist_ok=True)
+        for folder, dirs, files in os.walk(dest):
+            for name in files:
+                p = Path(folder, name)
+                p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        for folder, dirs, files in os.walk(dest, topdown=False):
+            Path(folder).chmod(0o555)
+        return exp
+
+    def hash_folder(self, checkout: Path, rel: str) -> str | None:
+        """sha256 over a folder's files (relative paths and contents, sorted); None if it is absent."""
+        base = self.in_tree(checkout, rel)
+        if not base.is_dir():
+            return None
+        h = hashlib.sha256()
+        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.is_symlink()):
+            h.update(path.relative_to(base).as_posix().encode() + b"\0")
+            h.update((sha256_file(path) or "").encode() + b"\n")
+        return h.hexdigest()
 
     def restore(self, rels: list[str], checkout: Path) -> None:
         """Undo changes to some files only (agent-driven mode leaves the agent's other files alone)."""

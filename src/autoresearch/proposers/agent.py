@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import Config
+from ..loopback import HostBridge
 from ..errors import ProposalInvalid, UserError
 from ..runner import ProcessResult, experiment_env, run_process
 from ..sandbox import Limits, SandboxSpec
@@ -200,14 +201,22 @@ def confinement(config: Config, *, root: Path, exp_dir: Path, editable: list[str
         clean = private / "git-config"
         clean.write_text(_without_credentials((common / "config").read_text(encoding="utf-8", errors="replace")))
         overlay[common / "config"] = clean
+    bridge = None
+    if not p.network and p.loopback_ports:  # a local model server stays reachable across the cut
+        folder = Path(tempfile.mkdtemp(prefix="autoresearch-loopback-"))
+        bridge = HostBridge(list(p.loopback_ports), folder).__enter__()
+        ro.append(folder)
     try:
         yield SandboxSpec(
             mode=p.sandbox, workdir=exp_dir, writable=writable, readonly=ro,
             hidden=[h for h in hidden if h.exists()], secrets=list(config.experiment.secrets),
             limits=Limits.default(), network=p.network, keep_env=keep, reveal=writable, home=fake_home,
-            overlay=overlay,
+            overlay=overlay, bwrap_prefix=bridge.wrap([]) if bridge else [],
         )
     finally:
+        if bridge is not None:
+            bridge.__exit__(None, None, None)
+            shutil.rmtree(bridge.folder, ignore_errors=True)
         shutil.rmtree(fake_home, ignore_errors=True)
         shutil.rmtree(private, ignore_errors=True)
 

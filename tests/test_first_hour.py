@@ -107,6 +107,7 @@ def test_init_inside_a_repository_leaves_an_experiment_run_can_use(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fresh venv, pip install, the corpus download and the hardware measurement
 def test_the_whole_readme_line_pasted_into_a_fresh_clone_reaches_the_baseline(tmp_path):
     clone = fresh_clone(tmp_path / "autoresearch")
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}

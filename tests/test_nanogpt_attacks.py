@@ -102,6 +102,7 @@ def test_honest_models_pass_the_probe_in_float32_and_bfloat16(prepared, tmp_path
 # 2. Rebuilding the held-out text inside the sandbox
 
 @pytest.mark.slow  # the real Shakespeare download
+@pytest.mark.timeout(1200)
 @needs_bwrap
 def test_train_py_cannot_rebuild_the_validation_split_under_the_sandbox(shakespeare, tmp_path, monkeypatch):
     """The attack works without the sandbox (the control), and under it finds neither the archive
@@ -125,6 +126,7 @@ def test_train_py_cannot_rebuild_the_validation_split_under_the_sandbox(shakespe
 
 
 @pytest.mark.slow  # the real Shakespeare download
+@pytest.mark.timeout(1200)
 @needs_bwrap
 def test_check_hidden_finds_no_validation_text_under_the_sandbox(shakespeare, tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(shakespeare))

@@ -44,5 +44,6 @@ def test_sigkill_at_random_points_loses_nothing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # ~80 s alone; much more on a loaded machine
 def test_fifty_kills_over_fifty_experiments(tmp_path):
     _kill_and_restart(tmp_path, experiments=50, min_kills=50, seed=0)

@@ -298,30 +298,11 @@ def test_no_process_the_agent_starts_outlives_it(tmp_path, monkeypatch, via):
 @pytest.mark.parametrize("via", VIA)
 def test_with_network_off_the_agent_cannot_reach_the_hosts_loopback(tmp_path, monkeypatch, via):
     exp, script = setup(tmp_path, network=False)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-    server.settimeout(0.2)
-    accepted: list[bytes] = []
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                accepted.append(conn.recv(100))
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    port, accepted, close = _echo_server()
     try:
-        got = attack(exp, script, "tcp", via, monkeypatch, HOSTILE_PORT=str(server.getsockname()[1]))
+        got = attack(exp, script, "tcp", via, monkeypatch, HOSTILE_PORT=str(port))
     finally:
-        stop.set()
-        t.join(timeout=5)
-        server.close()
+        close()
     assert not got["loopback"]["ok"] and accepted == []
     assert experiments(exp)[-1]["proposal"]["confined"] is True
     if via == "drive":  # the harness's own socket still works with the network off
@@ -357,11 +338,13 @@ def test_editing_the_config_in_the_worktree_before_try_counts_for_nothing(tmp_pa
 
 
 def _echo_server():
-    """A server on the host's loopback that answers each line with PONG; returns (port, stop)."""
+    """A server on the host's loopback that records what each connection sends and answers PONG;
+    returns (port, what it accepted, stop)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(4)
     server.settimeout(0.2)
+    accepted: list[bytes] = []
     stop = threading.Event()
 
     def serve():
@@ -371,22 +354,26 @@ def _echo_server():
             except OSError:
                 continue
             with conn:
-                if conn.recv(100):
+                data = conn.recv(100)
+                accepted.append(data)
+                if data:
                     conn.sendall(b"PONG")
 
-    threading.Thread(target=serve, daemon=True).start()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
 
     def close():
         stop.set()
+        t.join(timeout=5)
         server.close()
 
-    return server.getsockname()[1], close
+    return server.getsockname()[1], accepted, close
 
 
 @pytest.mark.parametrize("via", VIA)
 def test_with_network_off_only_the_listed_loopback_ports_of_the_host_stay_reachable(tmp_path, monkeypatch, via):
-    allowed, close_allowed = _echo_server()
-    other, close_other = _echo_server()
+    allowed, _, close_allowed = _echo_server()
+    other, _, close_other = _echo_server()
     try:
         exp, script = setup(tmp_path, network=False)
         toml = exp / "autoresearch.toml"

@@ -284,6 +284,17 @@ class AgentProposer(Proposer):
             )
         self.template = template
         self._warned = False
+        self.learned = ""  # the digest of other runs (--learn-from), written into every prompt file
+        self.learned_from: list[str] = []
+
+    def learn_from(self, dirs: list[Path], warn: Any = None) -> bool:
+        """Write a digest of what other runs of this experiment kept and refuted into the prompt.
+        The agent gets the text only, never a path into those runs."""
+        from .digest import build_digest, read_runs, sources
+
+        runs = read_runs(dirs, self.config, warn=warn)
+        self.learned, self.learned_from = build_digest(runs, self.config), sources(runs)
+        return True
 
     def _command(self, ctx: Context, prompt_file: Path, scratch: Path) -> str:
         p = self.config.proposer
@@ -328,7 +339,7 @@ class AgentProposer(Proposer):
         run_dir.mkdir(parents=True, exist_ok=True)
         worktree = Path(ctx.worktree)
         n = len(list(run_dir.glob("agent-prompt-*.md"))) + 1  # a refused proposal's retry keeps the first prompt
-        prompt = build_agent_prompt(ctx)
+        prompt = build_agent_prompt(ctx, learned=self.learned)
         (run_dir / f"agent-prompt-{n}.md").write_text(prompt, encoding="utf-8")
         scratch = run_dir / "agent"  # the agent's own folder: its prompt, its notes, nothing else of runs/
         scratch.mkdir(exist_ok=True)
@@ -350,6 +361,8 @@ class AgentProposer(Proposer):
         meta: dict[str, Any] = {"agent": self.agent, "exit_code": code, "wall_s": round(wall, 3), **confinement_meta(res)}
         if violations:
             meta["violations"] = violations
+        if self.learned_from:  # which other runs the prompt quoted; none of their records
+            meta["learned_from"] = list(self.learned_from)
         meta.update(_agent_usage(stdout))
         if code is None:
             raise _invalid(f"the agent did not finish within agent_timeout = {self.config.proposer.agent_timeout:g} s", meta)

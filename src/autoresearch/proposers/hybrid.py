@@ -4,11 +4,13 @@ The `llm` proposer makes structural changes. After each one the harness keeps, `
 `tune_steps` experiments on the numeric knobs of the new code (its study rebuilds itself when
 the knobs change), then the model gets the next turn. `tune_steps = 0` is the plain `llm`
 proposer. Which of the two made a proposal is stored as meta["via"], so a resumed run picks up
-where the mix stood.
+where the mix stood. With `--learn-from`, the model's prompt holds the digest of the other runs and
+tune warm-starts from those of them that are runs of this metric.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Config
@@ -48,6 +50,18 @@ class HybridProposer(Proposer):
         self.remaining = self._replay(history)
         self._last: Proposer | None = None
         self._history = history
+        self._learn_dirs: list[Path] = []  # other runs tune warm-starts from, once it exists
+
+    def learn_from(self, dirs: list[Path], warn: Any = None) -> bool:
+        """The model gets the digest of other runs; tune, the trials of those the digest accepted
+        (so a folder skipped with a warning here cannot fail the run later, when tune starts)."""
+        from .digest import read_runs
+
+        told = self.llm.learn_from(dirs, warn=warn)
+        self._learn_dirs = [run.path for run in read_runs(dirs, self.config, warn=None if told else warn)]
+        if self._tune is not None and self._learn_dirs:
+            self._tune.learn_from(self._learn_dirs)
+        return True
 
     def _replay(self, history: list[dict[str, Any]]) -> int:
         """Tune experiments still owed, from the records of earlier sessions."""
@@ -71,6 +85,8 @@ class HybridProposer(Proposer):
                 from .tune import TuneProposer
 
                 self._tune = TuneProposer(self.config, self._history)
+            if self._learn_dirs:
+                self._tune.learn_from(self._learn_dirs)
         return self._tune
 
     def propose(self, ctx: Context) -> Proposal:

@@ -1,6 +1,7 @@
 """`llm`: a model called through its API proposes each change.
 
-One experiment is one short conversation: the prompt (program.md, files, history), the model's
+One experiment is one short conversation: the prompt (program.md, files, history, and with
+`--learn-from` a digest of what other runs of the experiment found), the model's
 reply, and up to `repair_turns` more turns when its edits do not apply, touch a file outside
 `editable`, break Python syntax, or repeat a change already run. Providers are the official
 `openai` SDK (any OpenAI-compatible server through `base_url`) and the official `anthropic` SDK.
@@ -225,6 +226,16 @@ class LLMProposer(Proposer):
         self._chat: _Chat = _OpenAIChat(config, key) if p.provider == "openai" else _AnthropicChat(config, key)
         self._seen: dict[str, str] = {}  # files_hash -> "#id (status)" for changes already proposed
         self._pending: str | None = None
+        self.learned = ""  # the digest of other runs (--learn-from), shown in every prompt
+        self.learned_from: list[str] = []
+
+    def learn_from(self, dirs: list[Path], warn: Any = None) -> bool:
+        """Show the model a digest of what other runs of this experiment kept and refuted."""
+        from .digest import build_digest, read_runs, sources
+
+        runs = read_runs(dirs, self.config, warn=warn)
+        self.learned, self.learned_from = build_digest(runs, self.config), sources(runs)
+        return True
 
     # -- one API call, with our own backoff around the SDK's retries --------------------------
 
@@ -250,7 +261,7 @@ class LLMProposer(Proposer):
         run_dir = Path(ctx.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         n = len(list(run_dir.glob("prompt-*.md")))  # a refused proposal's retry continues the numbering
-        system, user = build_prompt(ctx, json_mode=self.json_mode)
+        system, user = build_prompt(ctx, json_mode=self.json_mode, learned=self.learned)
         messages: list[dict[str, str]] = [{"role": "user", "content": user}]
         usage = {"input_tokens": 0, "output_tokens": 0}
         latency = 0.0
@@ -269,6 +280,8 @@ class LLMProposer(Proposer):
             }
             if repairs:
                 out["repairs"] = repairs
+            if self.learned_from:  # which other runs the prompt quoted; none of their records
+                out["learned_from"] = list(self.learned_from)
             out.update(extra)
             return out
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
 from .errors import UserError
 
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".autoresearch", ".pytest_cache")
+# A template may ship init_hook.py: run (not copied) in the new folder after the copy and before the
+# first commit, to fetch what the template cannot ship (the security template: the code under audit).
+# What it prints is shown; when it fails, the folder is emptied again so that init can simply be rerun.
+INIT_HOOK = "init_hook.py"
+INIT_HOOK_TIMEOUT_S = 900
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".autoresearch", ".pytest_cache", INIT_HOOK)
 
 
 def examples_dir() -> Path:
@@ -49,9 +55,11 @@ def init(dest: Path, template: str) -> list[str]:
         raise UserError("git is not installed; install it (e.g. apt-get install git) and run `autoresearch init` again")
     enclosing = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=_existing_parent(dest),
                                capture_output=True, text=True)
+    created = not dest.exists()
     shutil.copytree(examples_dir() / template, dest, ignore=_IGNORE, dirs_exist_ok=True)
     if not (dest / "program.md").exists():
         (dest / "program.md").write_text(generic_program(), encoding="utf-8")
+    hook_lines = _run_hook(examples_dir() / template / INIT_HOOK, dest, template, created)
     ident = ["-c", "user.name=autoresearch", "-c", "user.email=autoresearch@localhost"]
     for args in (["init", "-q", "-b", "main"], ["add", "-A"], [*ident, "commit", "-q", "-m", f"autoresearch init --template {template}"]):
         done = subprocess.run(["git", *args], cwd=dest, capture_output=True, text=True)
@@ -63,8 +71,30 @@ def init(dest: Path, template: str) -> list[str]:
         lines.append(f"made {dest} a git repository of its own (inside {enclosing.stdout.strip()}, which is left untouched)")
     else:
         lines.append(f"made {dest} a git repository with a first commit")
+    lines += hook_lines
     lines.append(f"next: autoresearch run {dest}")
     return lines
+
+
+def _run_hook(hook: Path, dest: Path, template: str, created: bool) -> list[str]:
+    """Run the template's init hook in DEST; its output lines are returned to be printed."""
+    if not hook.is_file():
+        return []
+    try:
+        done = subprocess.run([sys.executable, str(hook)], cwd=dest, capture_output=True, text=True,
+                              timeout=INIT_HOOK_TIMEOUT_S)
+        ok, why = done.returncode == 0, (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+    except subprocess.TimeoutExpired:
+        ok, why, done = False, [f"no answer in {INIT_HOOK_TIMEOUT_S} s"], None
+    if not ok:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        else:
+            for child in dest.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        raise UserError(f"the {template} template's set-up step ({INIT_HOOK}) failed: {why[0]}; fix that and run "
+                        f"`autoresearch init {dest} --template {template}` again")
+    return [line for line in done.stdout.splitlines() if line.strip()]
 
 
 def _existing_parent(path: Path) -> Path:

@@ -79,7 +79,7 @@ class Summary:
     kills: int = 0
     restarts: int = 0
     clean_exits: int = 0
-    kills_mid_experiment: int = 0  # between an experiment's commit and its record (pending.json on disk)
+    kills_mid_experiment: int = 0  # between an experiment's commit and its record (its intent in pending/ on disk)
     kills_between: int = 0  # proposing, recovering, or between one record and the next
     experiments: int = 0
     interrupted: int = 0
@@ -167,7 +167,7 @@ def inject(root: Path, *, experiments: int = 50, min_kills: int = 0, seed: int =
     summary = Summary()
     snapshots: list[list[bytes]] = []
     ledger = root / ".autoresearch" / "ledger.jsonl"
-    pending = root / ".autoresearch" / "pending.json"
+    pending = root / ".autoresearch" / "pending"
     started = time.monotonic()
     max_rounds = 10 * (experiments + min_kills) + 10  # a harness that makes no progress must not loop forever
     while len(_experiments(ledger)) < experiments or summary.kills < min_kills:
@@ -188,7 +188,7 @@ def inject(root: Path, *, experiments: int = 50, min_kills: int = 0, seed: int =
             proc.kill()
             out, err = proc.communicate()
             summary.kills += 1
-            mid = pending.exists()
+            mid = pending.is_dir() and any(pending.glob("*.json"))
             summary.kills_mid_experiment += mid
             summary.kills_between += not mid
             snapshots.append(_complete_lines(ledger))
@@ -248,8 +248,8 @@ def check(root: Path, summary: Summary, snapshots: list[list[bytes]], env: dict[
     expected = best[-1]["commit"] if best else header.get("base_commit")
     if head != expected:
         summary.problems.append(f"branch head {head[:12]} is not the last kept record's commit {str(expected)[:12]}")
-    if (state / "pending.json").exists():
-        summary.problems.append("pending.json left after a clean stop")
+    if (state / "pending").is_dir() and any((state / "pending").glob("*.json")):
+        summary.problems.append("an intent in pending/ left after a clean stop")
     left = _leftover_processes(root)
     if left:
         summary.problems.append(f"experiment processes outlived their harness: {left}")

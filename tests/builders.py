@@ -36,6 +36,16 @@ class Scripted(Proposer):
         self.seen.append(record)
 
 
+def edit(**values):
+    """A proposal that sets each upper-case knob NAME = VALUE in train.py (the line that starts so)."""
+    def propose(ctx):
+        text = ctx.files["train.py"]
+        for name, value in values.items():
+            text = "\n".join(f"{name} = {value}" if line.startswith(f"{name} = ") else line for line in text.splitlines()) + "\n"
+        return Proposal(", ".join(f"{k} -> {v}" for k, v in values.items()), {"train.py": text}, {"params": values})
+    return propose
+
+
 def open_session(root: Path) -> Session:
     s = Session(root)
     s.open()

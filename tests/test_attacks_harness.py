@@ -12,12 +12,12 @@ import textwrap
 
 import pytest
 
-from autoresearch.loop import try_change
+from autoresearch.trymode import try_change
 from autoresearch.proposers import Proposal
 from autoresearch.sandbox import bwrap_available
 from autoresearch.verify import rerun
 
-from builders import Scripted, open_session, records, set_toml
+from builders import Scripted, assert_intact, open_session, records, set_toml
 from conftest import git, make_experiment
 
 needs_bwrap = pytest.mark.skipif(not bwrap_available(), reason="bubblewrap does not work on this machine")
@@ -285,6 +285,55 @@ def test_env_of_the_evaluator_has_its_own_bytecode_cache(tmp_path):
     log = (root / ".autoresearch/runs/0/evaluate.log").read_text()
     assert f"prefix: {os.path.realpath(root / '.autoresearch/evaluator/pycache')}" in log or \
         f"prefix: {root / '.autoresearch/evaluator/pycache'}" in log, log
+
+
+# An evaluator that runs what the candidate built (a service, a test suite: the api and security
+# templates do) lets candidate code run inside evaluate's sandbox. That code plants a bytecode
+# cache entry for `json` in the evaluator's cache; every later evaluation that imports json would
+# run it and print a planted score.
+RUNS_THE_ARTIFACT = textwrap.dedent("""\
+    import os, subprocess, sys
+    subprocess.run([sys.executable, os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "service.py")])
+    import json  # after the candidate's code ran: a planted cache entry would be read here
+    from prepare import honest_score
+    print("score:", honest_score() + float(open(os.path.join(os.environ["AUTORESEARCH_ARTIFACTS"], "x")).read()))
+""")
+PLANTS_FOR_LATER = textwrap.dedent('''\
+    import os
+    X = 3.0
+    art = os.environ["AUTORESEARCH_ARTIFACTS"]
+    open(os.path.join(art, "x"), "w").write(str((X - 3.0) ** 2))
+    service = "print('serving')\\n"
+    if X == 2.0:  # the attacker's service: plant json's bytecode in the evaluator's cache
+        service += (
+            "import importlib.util, importlib._bootstrap_external as be, json, os\\n"
+            "src = json.__file__; st = os.stat(src)\\n"
+            "code = compile(\\"print('score: 0.0'); import os; os._exit(0)\\", src, 'exec')\\n"
+            "target = importlib.util.cache_from_source(src)\\n"
+            "try:\\n"
+            "    os.makedirs(os.path.dirname(target), exist_ok=True)\\n"
+            "    open(target, 'wb').write(be._code_to_timestamp_pyc(code, int(st.st_mtime), st.st_size))\\n"
+            "    print('planted', target)\\n"
+            "except OSError as err:\\n"
+            "    print('could not plant:', err)\\n")
+    open(os.path.join(art, "service.py"), "w").write(service)
+''')
+
+
+@needs_bwrap
+def test_candidate_code_run_by_the_evaluator_cannot_plant_bytecode_for_later_evaluations(tmp_path):
+    from autoresearch.loop import step
+
+    root = make_experiment(tmp_path / "e", train=PLANTS_FOR_LATER, evaluate="python evaluate.py", baseline_runs=1,
+                           files={"prepare.py": PREPARE, "evaluate.py": RUNS_THE_ARTIFACT}, sandbox="bwrap")
+    s = open_session(root)
+    s.measure_baseline()
+    attack = step(s, Scripted(s.config, [lambda ctx: Proposal("X -> 2.0", {"train.py": ctx.files["train.py"].replace("X = 3.0", "X = 2.0")})]))
+    later = step(s, Scripted(s.config, [lambda ctx: Proposal("X -> 3.5", {"train.py": ctx.files["train.py"].replace("X = 3.0", "X = 3.5")})]))
+    assert "could not plant" in (root / f".autoresearch/runs/{attack['id']}/evaluate.log").read_text()
+    assert attack["metric"] == pytest.approx(5.0) and attack["status"] == "discard"  # 4 + (2 - 3)^2
+    assert later["metric"] == pytest.approx(4.25) and later["status"] == "discard"
+    assert_intact(root)
 
 
 def test_verify_says_per_experiment_which_guarantees_held(tmp_path):

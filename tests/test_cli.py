@@ -154,7 +154,7 @@ def _start(root: Path, *args: str, sleep: float) -> subprocess.Popen:
 
 
 def _wait_for_running(root: Path, exp_id: int, timeout: float = 60) -> None:
-    pending = root / ".autoresearch/pending.json"
+    pending = root / f".autoresearch/pending/{exp_id}.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -171,7 +171,7 @@ def test_resume_after_sigkill_of_the_harness(tmp_path):
     root = make_experiment(tmp_path / "e", train=SLOW_TRAIN)
     proc = _start(root, "-n", "5", sleep=30)
     _wait_for_running(root, 1)
-    pgid = json.loads((root / ".autoresearch/pending.json").read_text())["pgid"]
+    pgid = json.loads((root / ".autoresearch/pending/1.json").read_text())["pgid"]
     proc.kill()
     proc.wait()
     res = subprocess.run([sys.executable, "-m", "autoresearch.cli", "run", str(root), "-n", "1"],
@@ -196,7 +196,7 @@ def test_ctrl_c_stops_cleanly(tmp_path):
     assert proc.returncode == 0, out
     recs = [r for r in ledger_lines(root) if r["kind"] == "experiment"]
     assert recs[-1]["status"] == "interrupted" and "Ctrl-C" in recs[-1]["reason"] and recs[-1]["id"] == 1
-    assert not (root / ".autoresearch/pending.json").exists()
+    assert not list((root / ".autoresearch/pending").glob("*.json"))
     assert cli("verify", root).returncode == 0
     assert "X = 3.0" in (root / ".autoresearch/worktree/train.py").read_text()
 

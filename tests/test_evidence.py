@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.ledger import GENESIS, chain_head, chain_head_line
-from autoresearch.loop import Session, step, try_change
+from autoresearch.loop import Session, step
+from autoresearch.trymode import try_change
 from autoresearch.progress import Progress
 from autoresearch.proposers import Proposal, Proposer
 from autoresearch.signing import Signer, canonical_json, fingerprint, public_key_pem, trusted_key_ids

@@ -221,7 +221,7 @@ def test_stale_pending_experiment_is_recorded_as_interrupted(exp):
     # Simulate a harness killed mid-experiment: candidate written, pending noted, no record.
     s.ws.write_edits({"train.py": "X = 2.0\nprint('score: 1')\n"}, ["train.py"])
     cand = s.ws.commit_candidate("half done", ["train.py"])
-    s._update_pending(id=1, parent=cand.parent, commit=cand.commit, tree=cand.tree, diff_sha256=cand.diff_sha256,
+    s.intents.write(1, id=1, parent=cand.parent, commit=cand.commit, tree=cand.tree, diff_sha256=cand.diff_sha256,
                       description="half done", proposer="scripted", proposal={}, start="t", pgid=None)
     again = Session(exp)
     again.open()

@@ -123,20 +123,24 @@ def corpus_dir(prepared) -> Path:
 
 def test_prepare_splits_by_whole_documents(prepared):
     m = json.loads((corpus_dir(prepared) / "manifest.json").read_text())
-    train, val = set(m["train"]["documents"]), set(m["val"]["documents"])
-    assert train and val and not train & val
-    assert train | val == {p.name for p in prepared["corpus"].glob("*.txt")}
-    assert 0.05 < m["val"]["bytes"] / (m["val"]["bytes"] + m["train"]["bytes"]) < 0.3
-    # training and validation tokens are in separate folders, so the latter can be hidden
+    train, val, holdout = (set(m[split]["documents"]) for split in ("train", "val", "holdout"))
+    assert train and val and holdout and not train & val and not train & holdout and not val & holdout
+    assert train | val | holdout == {p.name for p in prepared["corpus"].glob("*.txt")}
+    total = sum(m[split]["bytes"] for split in ("train", "val", "holdout"))
+    assert 0.05 < m["val"]["bytes"] / total < 0.3 and 0.03 < m["holdout"]["bytes"] / total < 0.2
+    # training, validation and holdout tokens are in separate folders, so the held-out ones can be hidden
     assert (corpus_dir(prepared) / "train" / "train.bin").is_file()
     assert (corpus_dir(prepared) / "val" / "val.bin").is_file()
-    # per validation document: its sha256 and fingerprints of its text and of its tokens
+    assert (corpus_dir(prepared) / "holdout" / "holdout.bin").is_file()
+    # per held-out document: its sha256 and fingerprints of its text and of its tokens
     texts = {p.name: p.read_bytes() for p in prepared["corpus"].glob("*.txt")}
-    for name, doc in m["val"]["fingerprints"].items():
+    assert set(m["holdout"]["fingerprints"]) == holdout
+    for name, doc in {**m["val"]["fingerprints"], **m["holdout"]["fingerprints"]}.items():
         assert doc["sha256"] == hashlib.sha256(texts[name]).hexdigest() and doc["text"] and doc["tokens"]
     assert "hardware:" in prepared["log"] and "TFLOP/s" in prepared["log"]
 
 
+@pytest.mark.slow  # heavy (10-15 s); the default suite keeps the split and the evaluator's checks
 def test_prepare_is_idempotent_and_repairs_corruption(prepared):
     env, d = env_for(prepared["cache"], prepared["corpus"]), corpus_dir(prepared)
     before = {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()}
@@ -170,6 +174,7 @@ def test_tokenizer_round_trips_any_text(prepared):
     assert 256 < int(proc.stdout) <= 2048
 
 
+@pytest.mark.slow  # heavy (10-15 s); the default suite keeps the split and the evaluator's checks
 def test_parquet_corpus_and_clear_errors(tmp_path, prepared):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
@@ -213,7 +218,18 @@ def test_train_then_evaluate(trained):
     res = metrics(proc.stdout)
     assert 0.5 < res["val_bpb"] < 8.5 and res["eval_tokens"] > 0 and "causality:        ok" in proc.stdout
 
+    # the same saved model on the holdout split (what the harness re-scores kept winners with)
+    proc = run_py(["evaluate.py", "--holdout"], trained["exp"], trained["env"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    held = metrics(proc.stdout)
+    assert "split:            holdout" in proc.stdout and "causality:        ok" in proc.stdout
+    assert 0.5 < held["test_bpb"] < 8.5 and held["test_bpb"] != res["val_bpb"]
+    from autoresearch.metrics import parse_text
 
+    assert parse_text(proc.stdout)["val_bpb"] == held["test_bpb"]  # the metric's name, as the harness reads it
+
+
+@pytest.mark.slow  # heavy (10-15 s); the default suite keeps the split and the evaluator's checks
 def test_gpu_path_saves_the_weights_best_on_held_out_training_text(prepared, tmp_path):
     """On a GPU train.py holds the end of the training split out and saves the checkpoint that did
     best on it; forced on here (no GPU needed), with the GPU knobs set to the tiny model."""
@@ -407,6 +423,7 @@ def test_template_config_loads():
     assert cfg.experiment.budget == 300 and cfg.experiment.timeout == 600
     assert cfg.experiment.editable == ["train.py"] and {"prepare.py", "evaluate.py"} <= set(cfg.experiment.protected)
     assert cfg.metric.name == "val_bpb" and cfg.metric.goal == "minimize"
+    assert cfg.experiment.holdout == "python evaluate.py --holdout" and cfg.judge.holdout_every == 5
 
 
 @pytest.mark.slow
@@ -415,5 +432,6 @@ def test_real_shakespeare_download(tmp_path):
     proc = run_py(["prepare.py"], EXAMPLE, env_for(tmp_path, "shakespeare"), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     m = json.loads((tmp_path / "shakespeare" / "manifest.json").read_text())
-    assert len(m["train"]["documents"]) + len(m["val"]["documents"]) == 42
-    assert m["train"]["bytes"] + m["val"]["bytes"] == 5_057_198
+    assert len(m["train"]["documents"]) + len(m["val"]["documents"]) + len(m["holdout"]["documents"]) == 42
+    assert len(m["val"]["documents"]) == 5 and len(m["holdout"]["documents"]) == 3
+    assert m["train"]["bytes"] + m["val"]["bytes"] + m["holdout"]["bytes"] == 5_057_198

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from autoresearch import sandbox  # noqa: E402
 from autoresearch.config import load_config  # noqa: E402
-from autoresearch.loop import _glob_paths  # noqa: E402  the harness's own reading of a config path
+from autoresearch.trial import glob_paths as _glob_paths  # noqa: E402  the harness's own reading of a config path
 
 from test_nanogpt import EXAMPLE, copy_example, env_for, patched_train, prepared, run_py  # noqa: E402,F401
 

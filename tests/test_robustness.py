@@ -391,7 +391,7 @@ def test_ledger_out_of_reach_under_bwrap(tmp_path):
 import os, shutil
 X = 3.0
 done = []
-for path in [{str(state / "ledger.jsonl")!r}, {str(state / "results.tsv")!r}, {str(state / "pending.json")!r}]:
+for path in [{str(state / "ledger.jsonl")!r}, {str(state / "results.tsv")!r}, {str(state / "pending" / "1.json")!r}]:
     try:
         with open(path, "a") as fh:
             fh.write('{{"kind":"experiment","id":99,"status":"keep"}}\\n')

@@ -9,6 +9,12 @@ losses it was scored on at positions <= t must not move when the tokens after t 
 the other rows of the batch or the row a window sits in (prepare.causality_probe).
 
     python evaluate.py [ARTIFACTS_DIR]        # default: $AUTORESEARCH_ARTIFACTS, else ./artifacts
+    python evaluate.py --holdout [ARTIFACTS_DIR]  # the same checks and score on the holdout split
+
+With --holdout (autoresearch.toml `holdout`: the harness re-scores kept winners' saved models, never
+to keep or discard) it scores the holdout split, which the loop never optimises on, and prints
+`test_bpb` and `METRIC val_bpb=...` (the run's metric, measured on the third split; not the
+`holdout_bpb` train.py prints, which is held-out training text).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # set before torch loads: s
 import torch  # noqa: E402
 
 from prepare import (PrepareError, Tokenizer, autocast_dtype, causality_probe, evaluate_bpb, hardware,
-                     token_losses, val_batches)
+                     holdout_batches, token_losses, val_batches)
 
 MODEL_FILE = "model.pt2"
 
@@ -131,13 +137,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Score the model that train.py saved, in val_bpb.")
     parser.add_argument("artifacts", nargs="?", help="folder holding model.pt2 (default: $AUTORESEARCH_ARTIFACTS or ./artifacts)")
     parser.add_argument("--corpus", help="the corpus prepare.py prepared (default: $AUTORESEARCH_CORPUS or shakespeare)")
+    parser.add_argument("--holdout", action="store_true", help="score the holdout split instead of the validation split")
     args = parser.parse_args(argv)
+    split = "holdout" if args.holdout else "validation"
     folder = Path(args.artifacts or os.environ.get("AUTORESEARCH_ARTIFACTS") or "artifacts")
     try:
         hw = hardware()
         device, dtype = hw["device"], autocast_dtype(hw)
         tokenizer = Tokenizer.load(args.corpus)
-        batches = val_batches(args.corpus)
+        batches = holdout_batches(args.corpus) if args.holdout else val_batches(args.corpus)
         model = load_model(folder / MODEL_FILE, device)
         try:
             losses = token_losses(model, batches, device, dtype, tokenizer.vocab_size)
@@ -146,14 +154,20 @@ def main(argv: list[str]) -> int:
                 raise Rejected(reason)
             result = evaluate_bpb(losses, batches, tokenizer.token_bytes())
         except RuntimeError as err:  # shape or dtype mismatch inside the saved graph
-            raise Rejected(f"the saved model failed on a validation batch ({str(err).splitlines()[0]})") from None
+            raise Rejected(f"the saved model failed on a {split} batch ({str(err).splitlines()[0]})") from None
     except (Rejected, PrepareError) as err:
         print(f"evaluate.py: rejected: {err}", file=sys.stderr, flush=True)
         print(f"rejected: {err}", flush=True)
         return 3
     print("---")
-    print(f"val_bpb:          {result['val_bpb']:.6f}")
-    print(f"val_loss:         {result['val_loss']:.6f}")
+    if args.holdout:  # the run's metric on the third split (train.py's own holdout_bpb is training text)
+        print("split:            holdout")
+        print(f"test_bpb:         {result['val_bpb']:.6f}")
+        print(f"test_loss:        {result['val_loss']:.6f}")
+        print(f"METRIC val_bpb={result['val_bpb']:.6f}")  # what the harness reads
+    else:
+        print(f"val_bpb:          {result['val_bpb']:.6f}")
+        print(f"val_loss:         {result['val_loss']:.6f}")
     print(f"eval_tokens:      {result['eval_tokens']}")
     print(f"eval_bytes:       {result['eval_bytes']}")
     print(f"eval_seconds:     {time.time() - t0:.1f}")

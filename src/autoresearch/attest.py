@@ -91,9 +91,11 @@ def export_in_toto(root: Path, out: Path | None = None) -> tuple[Path, int, str]
     n = 0
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as fh:
-        for line, (rec, sha) in enumerate(zip(chain.parsed, chain.hashes), 1):
-            if rec.get("kind") != "experiment":
-                continue
+        # In id order: with workers, experiments are recorded in the order they finish; each
+        # statement names its ledger line, so the chain's order stays checkable.
+        numbered = [(line, rec, sha) for line, (rec, sha) in enumerate(zip(chain.parsed, chain.hashes), 1)
+                    if rec.get("kind") == "experiment"]
+        for line, rec, sha in sorted(numbered, key=lambda t: t[1].get("id", 0)):
             env = Envelope(canonical_json(statement(rec, header, line, sha)), PAYLOAD_TYPE, {})
             env.sign(dsse)
             fh.write(json.dumps(env.to_dict(), separators=(",", ":")).encode() + b"\n")

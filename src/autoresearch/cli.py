@@ -54,7 +54,7 @@ def main() -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--template", "-t", default="quickstart", show_default=True, help="Bundled experiment to copy (quickstart, nanogpt).")
+@click.option("--template", "-t", default="quickstart", show_default=True, help="Bundled experiment to copy: quickstart, nanogpt, fraud, security or api.")
 def init(directory: Path, template: str) -> None:
     """Create DIRECTORY from a bundled experiment and make it a git repository."""
     from .templates import init as do_init
@@ -73,8 +73,19 @@ def init(directory: Path, template: str) -> None:
 @click.option("--new", is_flag=True, help="Archive the folder's current run and start a fresh one.")
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing but errors.")
 @click.option("--learn-from", "learn_from", multiple=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Warm-start tune with the experiments of another run's folder (read only; repeatable).")
-def run(directory: Path, max_experiments, max_time, max_cost, proposer, tag, new, quiet, learn_from) -> None:
+              help="Learn from another run of the same metric (read only; repeatable): tune warm-starts from its "
+                   "trials, llm/agent/hybrid get a digest of what it kept and refuted in their prompt.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Experiments at once on this machine, each in its own checkout with its own cores "
+                   "(default: [resources] workers, 1).")
+@click.option("--cpus-per-worker", type=click.IntRange(1), default=None, help="Cores per worker (default: split evenly).")
+@click.option("--gpus-per-worker", type=click.IntRange(0), default=None,
+              help="GPUs per worker via CUDA_VISIBLE_DEVICES (default: split evenly; 0: all workers share them).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default=None,
+              help="Where workers run: this machine (local) or a Ray cluster (pip install -e \".[ray]\").")
+@click.option("--address", default=None, help="The Ray cluster to join, e.g. auto (a running `ray start --head`).")
+def run(directory: Path, max_experiments, max_time, max_cost, proposer, tag, new, quiet, learn_from, workers,
+        cpus_per_worker, gpus_per_worker, backend, address) -> None:
     """Run the loop in DIRECTORY (default: here), resuming a run in progress.
 
     Loops until Ctrl-C or a stop condition. Ctrl-C stops cleanly: the running experiment is killed
@@ -84,7 +95,9 @@ def run(directory: Path, max_experiments, max_time, max_cost, proposer, tag, new
     from .progress import default_progress
 
     run_loop(directory, max_experiments=max_experiments, max_time=max_time, max_cost=max_cost,
-             proposer=proposer, tag=tag, new=new, progress=default_progress(quiet), learn_from=list(learn_from))
+             proposer=proposer, tag=tag, new=new, progress=default_progress(quiet), learn_from=list(learn_from),
+             resources={"workers": workers, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker,
+                        "backend": backend, "address": address})
 
 
 @main.command(name="try")
@@ -103,7 +116,7 @@ def try_(message: str, directory: Path, quiet: bool) -> None:
     if under_drive():  # inside `autoresearch drive`: the harness outside the sandbox does the work
         click.echo(request("try", description=message)["output"])
         return
-    from .loop import try_change
+    from .trymode import try_change
     from .progress import Progress
 
     # Unconfined: the agent that calls this runs with the user's rights, and the record says so.
@@ -123,7 +136,7 @@ def status(directory: Path, last: int) -> None:
         return
     from .views import print_status
 
-    print_status(directory, last=last)
+    print_status(directory, last=last, holdout=True)  # the user's view; an agent's (under drive) has no holdout
 
 
 @main.command()
@@ -154,7 +167,7 @@ def show(directory: Path, experiment: int, lines: int) -> None:
         return
     from .views import print_experiment
 
-    print_experiment(directory, experiment, lines)
+    print_experiment(directory, experiment, lines, holdout=True)
 
 
 @main.command()

@@ -68,6 +68,13 @@ class ExperimentConfig(_Strict):
     # Folders in the experiment (e.g. a compile cache) that survive from one experiment to the next;
     # everything else untracked or ignored is deleted before each run. Their hash goes into each record.
     cache: list[str] = Field(default_factory=list)
+    # Runs after `evaluate`, confined like it, from the protected files: must exit 0 (the service's
+    # tests still pass, the findings were fixed and not silenced), else the experiment is `rejected`.
+    guard: str = ""
+    # Scores a kept winner's saved artifacts on a second hidden split that the loop never optimises
+    # on (run like `evaluate`, at stop and every `[judge] holdout_every` keeps): the honest answer to
+    # "did the loop overfit the validation set?". Empty: no holdout.
+    holdout: str = ""
 
     @field_validator("budget", "timeout", mode="before")
     @classmethod
@@ -107,9 +114,42 @@ class ExperimentConfig(_Strict):
         return self
 
 
+class Constraint(_Strict):
+    """[[metric.constraints]]: a bound on a recorded metric (the mean over repeats); a candidate
+    that violates one is discarded with a reason naming the metric, the bound and the value.
+    The *_vs_baseline bounds are relative to the baseline's mean of that metric."""
+
+    name: str
+    min: float | None = None
+    max: float | None = None
+    min_vs_baseline: float | None = None
+    max_vs_baseline: float | None = None
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> "Constraint":
+        if all(v is None for v in (self.min, self.max, self.min_vs_baseline, self.max_vs_baseline)):
+            raise ValueError(f"constraint on {self.name!r} has no bound; give min, max, min_vs_baseline or max_vs_baseline")
+        return self
+
+
 class MetricConfig(_Strict):
     name: str = "val_bpb"
     goal: Literal["minimize", "maximize"] = "minimize"
+    constraints: list[Constraint] = Field(default_factory=list)
+
+
+class PruneConfig(_Strict):
+    """[judge.prune]: stop a run early on its intermediate values (`METRIC name=value progress=f`
+    lines). Intermediate values come from editable code: they only ever stop a run, never keep one."""
+
+    metric: str = ""  # the intermediate metric, e.g. "train_loss"; empty: no pruning
+    goal: Literal["minimize", "maximize"] | None = None  # default: the [metric] goal
+    after: float = Field(default=0.2, gt=0.0, lt=1.0)  # never before this fraction of the budget
+    # best-repeats: worse than every repeat of the best at the same progress by more than k x their
+    # spread; median / halving: Optuna's MedianPruner / SuccessiveHalvingPruner over earlier runs.
+    rule: Literal["best-repeats", "median", "halving"] = "best-repeats"
+    k: float = Field(default=3.0, gt=0.0)
+    min_runs: int = Field(default=3, ge=1)  # median/halving: earlier runs with a curve before it acts
 
 
 class JudgeConfig(_Strict):
@@ -122,6 +162,18 @@ class JudgeConfig(_Strict):
     # A gain beyond both bounds is `suspicious` and must be re-run before it can be kept.
     plausible_noise_factor: float = 10.0
     plausible_relative: float = 0.05
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    # Multi-fidelity: a candidate first runs at this shorter budget; only one that screens within
+    # `promote` (relative) of the best's screening score runs the full budget. A screening score
+    # never decides a keep. None: no screening.
+    screen: float | None = None
+    promote: float = Field(default=0.02, ge=0.0)
+    holdout_every: int = Field(default=5, ge=0)  # re-score kept winners on the holdout every K keeps (0: at stop only)
+
+    @field_validator("screen", mode="before")
+    @classmethod
+    def _screen_duration(cls, v: Any) -> float | None:
+        return None if v is None or v == "" else parse_duration(v)
 
     @field_validator("min_delta")
     @classmethod
@@ -209,12 +261,27 @@ class EvidenceConfig(_Strict):
         return parse_duration(v)
 
 
+class ResourcesConfig(_Strict):
+    """[resources]: how many experiments run at once, and each one's share of the machine."""
+
+    workers: int = Field(default=1, ge=1, le=1024)
+    # Cores per worker (pinned with affinity, and the thread-count variables set to it); unset: the
+    # machine's cores split evenly. With one worker nothing is pinned.
+    cpus_per_worker: int | None = Field(default=None, ge=1)
+    # GPUs per worker (CUDA_VISIBLE_DEVICES); unset: the GPUs split evenly, an error if there are
+    # fewer GPUs than workers; 0: every worker sees every GPU (they share, because you asked).
+    gpus_per_worker: int | None = Field(default=None, ge=0)
+    backend: Literal["local", "ray"] = "local"
+    address: str = ""  # the Ray cluster: "auto" (a running `ray start --head`), "ray://host:10001"; empty: local
+
+
 class Config(_Strict):
     experiment: ExperimentConfig
     metric: MetricConfig = Field(default_factory=MetricConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     proposer: ProposerConfig = Field(default_factory=ProposerConfig)
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _editable_not_protected(self) -> "Config":

@@ -140,7 +140,7 @@ class Harness:
         return {"ok": False, "error": f"unknown request {op!r}; use try, status, log or show"}
 
     def _try(self, description: Any) -> dict[str, Any]:
-        from .loop import try_change
+        from .trymode import try_change
 
         if not isinstance(description, str) or not description.strip():
             return {"ok": False, "error": "give a description of the change with -m \"what you tried\""}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .config import JudgeConfig
 
-FAILURES = ("crash", "timeout", "rejected", "invalid", "interrupted", "over_budget", "suspicious")
+FAILURES = ("crash", "timeout", "rejected", "invalid", "interrupted", "over_budget", "suspicious", "pruned", "screened_out")
 
 
 @dataclass
@@ -41,11 +41,13 @@ class RunOutcome:
     allowance_s: float | None = None
     problem: str = ""  # a guard's finding (protected file changed, ...) -> rejected
     seed: int | None = None  # AUTORESEARCH_SEED of this run: runs of two experiments on one seed pair up
+    pruned: str = ""  # the prune rule that stopped the run early (prune.py); such a run is never kept
+    guard_failed: str = ""  # the `guard` command's failure -> rejected
 
 
 @dataclass
 class Verdict:
-    status: str  # baseline, keep, discard, crash, timeout, rejected, over_budget, suspicious, or "rerun"
+    status: str  # baseline, keep, discard, crash, timeout, rejected, over_budget, suspicious, pruned, screened_out, or "rerun"
     reason: str
     metric: float | None = None
     flags: tuple[str, ...] = ()
@@ -302,6 +304,8 @@ def _fmt(x: float) -> str:
 def failure(outcome: RunOutcome, metric_name: str) -> Verdict | None:
     if outcome.problem:
         return Verdict("rejected", outcome.problem)
+    if outcome.pruned:
+        return Verdict("pruned", outcome.pruned)
     if outcome.timed_out:
         return Verdict("timeout", f"{outcome.failed_step} hit the timeout and its process group was killed")
     if outcome.exit_code not in (0,):
@@ -314,6 +318,36 @@ def failure(outcome: RunOutcome, metric_name: str) -> Verdict | None:
     if outcome.over_budget:
         took = f" ({outcome.wall_s:.1f} s against an allowance of {outcome.allowance_s:.1f} s)" if outcome.wall_s and outcome.allowance_s else ""
         return Verdict("over_budget", f"the run took longer than the harness allows{took}")
+    if outcome.guard_failed:
+        return Verdict("rejected", outcome.guard_failed)
+    return None
+
+
+def constraint_violation(constraints: list, runs: list[dict[str, float]], baseline: dict[str, float] | None) -> str | None:
+    """The first `[[metric.constraints]]` bound that the mean over RUNS (each run's metrics) breaks,
+    as a reason naming the metric, the bound and the value; None when all hold. A *_vs_baseline
+    bound is relative to BASELINE (the baseline's mean of each metric)."""
+    for c in constraints:
+        values = [float(m[c.name]) for m in runs if isinstance(m.get(c.name), (int, float)) and not isinstance(m.get(c.name), bool)]
+        if not values:
+            return f"constraint on {c.name}: the run reported no '{c.name}' (the constraint cannot be checked)"
+        mean = statistics.fmean(values)
+        if not math.isfinite(mean):
+            return f"constraint on {c.name}: {c.name} is {mean}"
+        of = f" (mean of {len(values)} runs)" if len(values) > 1 else ""
+        if c.min is not None and mean < c.min:
+            return f"constraint violated: {c.name} {_fmt(mean)}{of} is below its minimum {_fmt(c.min)}"
+        if c.max is not None and mean > c.max:
+            return f"constraint violated: {c.name} {_fmt(mean)}{of} is above its maximum {_fmt(c.max)}"
+        base = (baseline or {}).get(c.name)
+        if (c.min_vs_baseline is not None or c.max_vs_baseline is not None) and base is None:
+            return f"constraint on {c.name}: the baseline reported no '{c.name}', so a bound relative to it cannot be checked"
+        if c.min_vs_baseline is not None and mean < base + c.min_vs_baseline:
+            return (f"constraint violated: {c.name} {_fmt(mean)}{of} is below the baseline's {_fmt(base)} "
+                    f"{c.min_vs_baseline:+g} = {_fmt(base + c.min_vs_baseline)}")
+        if c.max_vs_baseline is not None and mean > base + c.max_vs_baseline:
+            return (f"constraint violated: {c.name} {_fmt(mean)}{of} is above the baseline's {_fmt(base)} "
+                    f"{c.max_vs_baseline:+g} = {_fmt(base + c.max_vs_baseline)}")
     return None
 
 

@@ -231,6 +231,55 @@ class Ledger:
         return actual == expected
 
 
+MAX_IN_FLIGHT = 1024  # the most experiments at once ([resources] workers' upper bound)
+
+
+class Intents:
+    """Write-ahead intents of the experiments in flight: one small JSON file per experiment id in
+    `pending/`, written before its first process starts and removed once its record is on disk.
+    A harness killed in between leaves them behind, and the next one records each `interrupted`."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = Path(state_dir) / "pending"
+        self.legacy = Path(state_dir) / "pending.json"  # one intent, from before there were workers
+
+    def write(self, exp_id: int, **fields: Any) -> None:
+        path = self.dir / f"{exp_id}.json"
+        data: dict[str, Any] = {}
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                pass
+        data.update(fields)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def all(self) -> list[dict[str, Any]]:
+        found = []
+        paths = sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []
+        for path in [*paths, self.legacy]:
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):  # absent, or torn by a kill mid-write: nothing started yet
+                continue
+            if isinstance(data, dict):
+                found.append(data)
+        return sorted(found, key=lambda d: d.get("id") if isinstance(d.get("id"), int) else -1)
+
+    def clear(self, exp_id: int) -> None:
+        (self.dir / f"{exp_id}.json").unlink(missing_ok=True)
+        self.legacy.unlink(missing_ok=True)
+
+    def clear_all(self) -> None:
+        if self.dir.is_dir():
+            for path in self.dir.iterdir():
+                path.unlink(missing_ok=True)
+        self.legacy.unlink(missing_ok=True)
+
+
 @dataclass
 class ChainReport:
     ok: bool
@@ -249,7 +298,8 @@ def verify_chain(path: Path, check_signatures: bool = True) -> ChainReport:
     The last record's signature covers its `prev` hash, which covers every earlier line's bytes,
     so one valid signature at the end authenticates the whole chain; individual signatures are
     checked only to name the first bad record when that one fails."""
-    prev, n, next_id = GENESIS, 0, 0
+    prev, n = GENESIS, 0
+    seen_ids: set[int] = set()
     public_key: str | None = None
     records: list[dict[str, Any]] = []
     hashes: list[str] = []
@@ -295,9 +345,13 @@ def verify_chain(path: Path, check_signatures: bool = True) -> ChainReport:
                     return bad(n, f"{label(rec, n)}: the first record is not the run's start record")
                 public_key = rec.get("public_key")
             if rec.get("kind") == "experiment":
-                if rec.get("id") != next_id:
-                    return bad(n, f"{label(rec, n)}: expected experiment {next_id}; records were removed or reordered")
-                next_id += 1
+                # With workers, experiments land in the order they finish, each with the id it got when
+                # it started: an id may come early, but never twice, and never far past what was seen.
+                exp_id = rec.get("id")
+                if not isinstance(exp_id, int) or exp_id in seen_ids or exp_id > len(seen_ids) + MAX_IN_FLIGHT:
+                    return bad(n, f"{label(rec, n)}: experiment id {exp_id!r} is out of place (seen {len(seen_ids)} experiments); "
+                                  "records were removed, duplicated or reordered")
+                seen_ids.add(exp_id)
             records.append(rec)
             prev = line_hash(line)
             hashes.append(prev)

@@ -1,42 +1,41 @@
 """The loop: propose -> apply -> run -> evaluate -> measure -> judge -> record -> keep or discard.
 
 `Session` owns one experiment folder's run: it opens or resumes it, recovers from a harness that
-was killed, measures the baseline, and executes experiments. `run_loop` drives proposers through it;
-`try_change` is the agent-driven mode, where a coding agent edits the checkout and the harness does
-everything else.
+was killed, measures the baseline, and turns candidates into records (`experiment.Experiment`
+decides what to run and the verdict, `trial.TrialRunner` runs). `run_loop` drives a proposer
+through it, one experiment at a time or many at once on worker slots (`workers.py`).
 """
 
 from __future__ import annotations
 
 import fcntl
-import glob
-import json
 import os
 import shutil
 import statistics
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import holdout
 from . import judge as judging
-from . import metrics as metric_io
 from .config import Config, load_config
 from .errors import ProposalInvalid, UserError
+from .experiment import Basis, Experiment, interrupted_record, invalid_record
 from .hostinfo import host_info
-from .ledger import Ledger
+from .ledger import Intents, Ledger
 from .progress import LoopSummary, Progress
 from .proposers import Context, Proposal, Proposer, create
-from .sandbox import Limits, SandboxSpec
+from .record import History
+from .runner import experiment_env, group_alive, kill_group, run_process
+from .sandbox import Limits
 from .signing import Signer, fingerprint, key_dir
-from .runner import ProcessResult, experiment_env, group_alive, kill_group, run_process
-from .workspace import BRANCH_PREFIX, Candidate, Workspace, git, sha256_file
+from .trial import Measured, Slot, TrialRunner, TrialSpec
+from .workspace import BRANCH_PREFIX, Candidate, Workspace
 
 EMPTY_DIFF_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256 of b"": the baseline's diff
-MAX_RERUNS = 2  # confirmation / plausibility re-runs per experiment
 MAX_DUPLICATE_RETRIES = 3
 
 
@@ -46,14 +45,6 @@ def _now() -> str:
 
 class Stop(Exception):
     """Ctrl-C reached the harness while an experiment ran; it has been recorded."""
-
-
-@dataclass
-class Measured:
-    outcome: judging.RunOutcome
-    info: dict[str, Any]
-    result: ProcessResult
-    metrics: dict[str, float]
 
 
 class Session:
@@ -67,6 +58,8 @@ class Session:
         self.progress = progress or Progress(quiet=True)
         self.tag: str | None = None
         self.limits = Limits.default()  # what stops a fork bomb or a runaway file
+        self.intents = Intents(self.ws.state)  # write-ahead intents of the experiments in flight
+        self.in_flight: dict[int, Experiment] = {}
         self._lock_fh = None
         self._sandbox_warned = False
 
@@ -210,72 +203,55 @@ class Session:
             old = {}
         dest = self.ws.state / "archive" / str(old.get("tag", "old"))
         dest.mkdir(parents=True, exist_ok=True)
-        for name in ("ledger.jsonl", "results.tsv", "runs", "pending.json", "progress.png", "report.html", "timestamps"):
+        for name in ("ledger.jsonl", "results.tsv", "runs", "pending", "progress.png", "report.html", "timestamps"):
             if (self.ws.state / name).exists():
                 shutil.move(str(self.ws.state / name), str(dest / name))
         self.ws.remove_worktree()
         self.ws.drop_checkout(self.ws.state / "try-checkout")
+        for slot in sorted((self.ws.state / "workers").glob("*/checkout")):
+            self.ws.drop_checkout(slot)
         self.ledger = Ledger(self.ws.state, signer=self.ledger.signer)
         self.progress.info(f"archived the previous run to {dest}")
 
-    @property
-    def _pending_path(self) -> Path:
-        return self.ws.state / "pending.json"
-
     def recover(self, reset_checkout: Path | None = None) -> None:
-        """Bring disk, git and ledger back into agreement after a harness that died mid-experiment."""
+        """Bring disk, git and ledger back into agreement after a harness that died mid-experiment:
+        every experiment whose write-ahead intent is on disk but whose record is not is recorded
+        `interrupted` (with several workers, several may be)."""
         assert self.tag
-        records = self.ledger.experiments()
         if not self.ledger.results_agree():
             self.ledger.rewrite_results()
-        pending = None
-        if self._pending_path.exists():
-            try:
-                pending = json.loads(self._pending_path.read_text())
-            except ValueError:
-                pending = None
-        if pending and pending.get("pgid") and group_alive(pending["pgid"]):
-            kill_group(pending["pgid"], grace=1.0)
-        if pending and pending.get("id") == len(records):
-            patch = self.ws.state / "runs" / str(pending["id"]) / "diff.patch"
-            if pending.get("commit") and pending.get("parent") and not patch.exists():
+        pending = self.intents.all()
+        recorded = self.history.ids()
+        for intent in pending:
+            if intent.get("pgid") and group_alive(intent["pgid"]):
+                kill_group(intent["pgid"], grace=1.0)
+        for intent in pending:
+            if not isinstance(intent.get("id"), int) or intent["id"] in recorded:
+                continue
+            patch = self.ws.state / "runs" / str(intent["id"]) / "diff.patch"
+            if intent.get("commit") and intent.get("parent") and not patch.exists():
                 patch.parent.mkdir(parents=True, exist_ok=True)
-                patch.write_text(self.ws.diff(pending["parent"], pending["commit"]), encoding="utf-8")
-            self._append({
-                "kind": "experiment",
-                "id": pending["id"],
-                "status": "interrupted",
-                "reason": "the harness stopped (Ctrl-C, killed or crashed) while this experiment ran",
-                "description": pending.get("description", ""),
-                "proposer": pending.get("proposer", ""),
-                "proposal": pending.get("proposal", {}),
-                "parent": pending.get("parent"),
-                "commit": pending.get("commit"),
-                "tree": pending.get("tree"),
-                "diff_sha256": pending.get("diff_sha256"),
-                "metric": None, "metrics": {}, "runs": [],
-                "best": self.best()[0], "delta": None,
-                "start": pending.get("start"), "end": _now(),
-            })
-            self.progress.warn(f"experiment {pending['id']} was interrupted; recorded as 'interrupted'")
-            records = self.ledger.experiments()
+                patch.write_text(self.ws.diff(intent["parent"], intent["commit"]), encoding="utf-8")
+            self._append(interrupted_record(intent, self.history.best_metric, self.config.experiment.run))
+            self.progress.warn(f"experiment {intent['id']} was interrupted; recorded as 'interrupted'")
         # A keep whose record landed but whose branch move did not: finish the move.
-        kept = [r for r in records if r["status"] in ("keep",)]
+        kept = [r for r in self.history.records if r["status"] == "keep"]
         if kept:
             last = kept[-1]
             head = self.ws.branch_head(self.tag)
             if head != last["commit"] and head == last["parent"]:
                 self.ws.keep(self.tag, last["commit"], last["parent"])
-        if pending is not None or reset_checkout is None:
+        if pending or reset_checkout is None:
             self.ws.reset(reset_checkout or self.ws.worktree)
-        self._pending_path.unlink(missing_ok=True)
+        self.intents.clear_all()
 
     # ---- state -----------------------------------------------------------------------------------
+    @property
+    def history(self) -> History:
+        return History(self.ledger.experiments())
+
     def best(self) -> tuple[float | None, dict[str, Any] | None]:
-        best_rec = None
-        for rec in self.ledger.experiments():
-            if rec["status"] in ("baseline", "keep"):
-                best_rec = rec
+        best_rec = self.history.best
         return (best_rec["metric"] if best_rec else None), best_rec
 
     def noise(self) -> float | None:
@@ -284,7 +260,15 @@ class Session:
         return judging.noise_at_best(self.ledger.experiments(), self.config.metric.name, self.config.judge)
 
     def has_baseline(self) -> bool:
-        return any(r["status"] == "baseline" for r in self.ledger.experiments())
+        return self.history.baseline is not None
+
+    def tried_trees(self) -> dict[str, int]:
+        """Tree -> the experiment that ran (or is running) that exact code."""
+        return {**self.history.tried_trees, **{e.candidate.tree: e.id for e in self.in_flight.values()}}
+
+    def next_id(self) -> int:
+        """The id the next experiment gets: after every recorded one and every one in flight."""
+        return max([self.history.next_id, *[i + 1 for i in self.in_flight]])
 
     # ---- running ---------------------------------------------------------------------------------
     def run_setup(self) -> None:
@@ -306,103 +290,8 @@ class Session:
         if not res.ok:
             raise UserError(f"setup command {cmd!r} failed (exit {res.exit_code}); see {log} and fix it, then run again")
 
-    def _run_once(self, exp_id: int, k: int, run_dir: Path, checkout: Path, editable_hashes: dict, protected_hashes: dict,
-                  *, commit: str, track: bool = True, seed: int | None = None, repeats: int = 1,
-                  eta_s: float | None = None) -> Measured:
-        """One repeat: the checkout is made exactly `commit`'s files, `run` runs in it, then
-        `evaluate` runs from a fresh copy of the protected files; the harness reads the metric."""
-        exp = self.config.experiment
-        suffix = "" if k == 0 else f"-{k + 1}"
-        artifacts = run_dir / f"artifacts{suffix}"
-        if artifacts.exists():
-            shutil.rmtree(artifacts)
-        artifacts.mkdir(parents=True)
-        seed = k if seed is None else seed
-        env = experiment_env(budget_s=int(exp.budget) if exp.budget == int(exp.budget) else exp.budget,
-                             artifacts=artifacts, run_id=f"{exp_id}{suffix}", seed=seed)
-        for name in self._proposer_secrets():  # the proposer's API key never reaches the experiment
-            env.pop(name, None)
-        cwd = self.ws.in_tree(checkout)
-        self.ws.scrub(checkout, commit, keep=exp.cache)  # nothing a previous experiment left behind
-        cache_before = {rel: self.ws.hash_folder(checkout, rel) for rel in exp.cache}
-
-        def note_pgid(pgid: int) -> None:
-            if track:
-                self._update_pending(pgid=pgid)
-
-        label = f"[{exp_id}] repeat {k + 1}/{repeats}"
-        self.progress.begin(label, "run", budget_s=exp.budget, eta_s=eta_s)
-        try:
-            res = run_process(exp.run, cwd=cwd, env=env, timeout=exp.timeout, log_path=run_dir / f"run{suffix}.log",
-                              max_log_bytes=int(exp.max_log_mb * 1024 * 1024), on_start=note_pgid, on_line=self.progress.output,
-                              sandbox=self._sandbox_spec(cwd, artifacts, evaluate=False))
-            self._warn_sandbox(res)
-            run_metrics = metric_io.collect(res.output, artifacts)
-            step, final, eval_metrics, eval_start_s = "run", res, None, None
-            if exp.evaluate.strip() and res.ok:
-                self.progress.begin(label, "evaluate", eta_s=None if eta_s is None else eta_s - res.wall_s)
-                t0 = time.monotonic()
-                fresh = self.ws.export_files(commit, self._evaluator_files, self.ws.state / "evaluator" / "checkout")
-                eval_start_s = time.monotonic() - t0
-                eres = run_process(exp.evaluate, cwd=fresh, env=self._evaluate_env(env), timeout=exp.timeout,
-                                   log_path=run_dir / f"evaluate{suffix}.log", max_log_bytes=int(exp.max_log_mb * 1024 * 1024),
-                                   on_start=note_pgid, on_line=self.progress.output,
-                                   sandbox=self._sandbox_spec(fresh, artifacts, evaluate=True))
-                eval_metrics = metric_io.parse_text(eres.output)
-                step, final = "evaluate", eres
-        finally:
-            self.progress.end()
-        metrics = eval_metrics if eval_metrics is not None else run_metrics
-        primary = None if (exp.evaluate.strip() and eval_metrics is None) else metrics.get(self.config.metric.name)
-        problem = self._guard(checkout, editable_hashes, protected_hashes)
-        allowance, allowance_rule = judging.wall_allowance(exp.budget, self._baseline_walls, tolerance=exp.wall_tolerance,
-                                                           grace=exp.budget_grace)
-        over = res.ok and res.wall_s > allowance
-        outcome = judging.RunOutcome(
-            metric=primary,
-            exit_code=final.exit_code,
-            timed_out=final.timed_out,
-            failed_step=step if final is not res or not res.ok else "run",
-            last_line=(final.tail(1) if not final.ok else ""),
-            over_budget=over,
-            wall_s=res.wall_s,
-            allowance_s=allowance,
-            problem=problem,
-            seed=seed,
-        )
-        if not res.ok:
-            outcome.failed_step, outcome.exit_code, outcome.timed_out = "run", res.exit_code, res.timed_out
-            outcome.last_line = res.tail(1)
-        vram = metrics.get("peak_vram_mb", run_metrics.get("peak_vram_mb"))
-        info = {
-            "seed": seed,
-            "exit_code": res.exit_code,
-            "evaluate_exit_code": final.exit_code if final is not res else None,
-            "wall_s": round(res.wall_s, 3),
-            "wall_allowance_s": round(allowance, 3),
-            "wall_allowance_rule": allowance_rule,
-            "evaluate_wall_s": round(final.wall_s, 3) if final is not res else None,
-            "evaluator_checkout_s": round(eval_start_s, 4) if eval_start_s is not None else None,
-            "peak_rss_mb": round(max(res.peak_rss_mb, final.peak_rss_mb), 1),
-            "peak_vram_mb": vram,
-            "timed_out": res.timed_out or final.timed_out,
-            "metrics": metric_io.jsonable(metrics),
-            "sandbox": res.sandbox,
-            "enforced": res.extra.get("enforced", {}),
-            "log_sha256": sha256_file(res.log_path),
-            "output_bytes": res.output_bytes,
-        }
-        if exp.cache:
-            info["cache_sha256"] = {"before": cache_before,
-                                    "after": {rel: self.ws.hash_folder(checkout, rel) for rel in exp.cache}}
-        if eval_metrics is not None:
-            info["run_metrics"] = metric_io.jsonable(run_metrics)  # recorded, never counted
-        if res.interrupted or final.interrupted:
-            info["interrupted"] = True
-        return Measured(outcome, info, final if not res.ok or final is not res else res, metrics)
-
     @property
-    def _evaluator_files(self) -> list[str]:
+    def evaluator_files(self) -> list[str]:
         """What `evaluate` sees of the experiment folder: the protected files and the hidden files
         inside the folder (its held-out data), as committed. Never the editable code."""
         inside = [h for h in self.config.experiment.hidden if not h.startswith(("/", "~", "$"))]
@@ -410,225 +299,86 @@ class Session:
         return sorted(set(self.protected) | set(hidden))
 
     @property
-    def _baseline_walls(self) -> list[float]:
-        """The baseline's measured wall times (the reference a candidate's wall time is judged against)."""
-        base = next((r for r in self.ledger.experiments() if r["status"] == "baseline"), None)
-        return [r["wall_s"] for r in (base or {}).get("runs", []) if isinstance(r.get("wall_s"), (int, float))]
+    def trials(self) -> TrialRunner:
+        """The trial runner of this run (its file lists are fixed once the run is open)."""
+        runner = TrialRunner(self.ws, self.config, editable=self.editable, protected=self.protected,
+                             evaluator_files=self.evaluator_files, secrets=self.proposer_secrets(), limits=self.limits,
+                             events=self.progress)
+        runner.baseline_walls = self.history.baseline_walls()
+        return runner
 
-    def _evaluate_env(self, env: dict[str, str]) -> dict[str, str]:
-        """`evaluate` runs Python with a bytecode cache of its own, out of `run`'s sight: a `.pyc`
-        that `run` planted is never read (and the fresh checkout has no `__pycache__` at all)."""
-        pycache = self.ws.state / "evaluator" / "pycache"
-        pycache.mkdir(parents=True, exist_ok=True)
-        out = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONUSERBASE",
-                                                         "PYTHONDONTWRITEBYTECODE")}
-        # Written, so that only the first evaluation compiles its imports (torch: ~5 s of CPU).
-        out["PYTHONPYCACHEPREFIX"] = str(pycache)
-        out["PYTHONNOUSERSITE"] = "1"
-        return out
+    def main_slot(self, checkout: Path | None = None) -> Slot:
+        """The one-worker loop's slot: the run's worktree (or CHECKOUT) and .autoresearch/evaluator/."""
+        return Slot(checkout=checkout or self.ws.worktree, scratch=self.ws.state / "evaluator")
 
-    def _sandbox_spec(self, workdir: Path, artifacts: Path, *, evaluate: bool) -> SandboxSpec:
-        """What `run` (or `evaluate`) may see and touch. The whole state folder (ledger, other
-        checkouts, other experiments' outputs), the signing key and, for `run`, the `hidden` paths
-        and the home folder are out of sight; protected files are read-only. `evaluate` works in a
-        fresh read-only copy of the protected files and reads the artifacts as data."""
-        exp = self.config.experiment
-        state = self.ws.state
-        hidden: list[Path] = [state, key_dir()]
-        readonly: list[Path] = []
-        writable: list[Path] = []
-        visible: list[Path] = []
-        if evaluate:
-            pycache = state / "evaluator" / "pycache"
-            readonly += [workdir, artifacts]
-            writable.append(pycache)
-        else:
-            readonly += [workdir / rel for rel in self.protected]
-            writable.append(artifacts)
-            for entry in exp.hidden:
-                if entry.startswith(("/", "~", "$")):  # data outside the folder, e.g. a cached validation split
-                    hidden += _glob_paths(entry)
-                else:
-                    hidden += [workdir / rel for rel in self.ws.expand([entry], self.ws.repo, key="hidden")]
-                    hidden += [self.ws.root / rel for rel in self.ws.expand([entry], self.ws.repo, key="hidden")]
-                    hidden.append(self.ws.git_dir())  # a tracked hidden file could be read from git's objects
-            for entry in exp.visible:
-                visible += _glob_paths(entry)
-        return SandboxSpec(
-            mode=exp.sandbox,
-            workdir=workdir,
-            writable=writable,
-            readonly=readonly,
-            hidden=[p for p in hidden if p.exists()],
-            secrets=list(exp.secrets),
-            limits=self.limits,
-            hide_home=not evaluate,
-            visible=visible,
-        )
-
-    def _proposer_secrets(self) -> list[str]:
+    def proposer_secrets(self) -> list[str]:
         named = self.config.proposer.api_key_env
         return [named] if named else ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
 
-    def _warn_sandbox(self, res: ProcessResult) -> None:
-        if res.sandbox_warning and not self._sandbox_warned:
+    def run_trial(self, runner: TrialRunner, spec: TrialSpec, slot: Slot) -> Measured:
+        m = runner.run(spec, slot)
+        if m.sandbox_warning and not self._sandbox_warned:
             self._sandbox_warned = True
-            self.progress.warn(res.sandbox_warning)
+            self.progress.warn(m.sandbox_warning)
+        return m
 
-    def _guard(self, checkout: Path, editable_hashes: dict, protected_hashes: dict) -> str:
-        """What the experiment may not do to its checkout: change protected files, change the code
-        that was committed, move HEAD, or break the repository."""
-        now_protected = self.ws.hash_files(list(protected_hashes), checkout)
-        changed = [p for p, h in protected_hashes.items() if now_protected.get(p) != h]
-        if changed:
-            return f"protected file {', '.join(changed)} was changed during the experiment"
-        now_editable = self.ws.hash_files(list(editable_hashes), checkout)
-        changed = [p for p, h in editable_hashes.items() if now_editable.get(p) != h]
-        if changed:
-            return f"{', '.join(changed)} changed while the experiment ran; the code that ran is not the commit"
-        head = git("rev-parse", "HEAD", cwd=checkout, check=False).strip()
-        if head != self._expected_head:
-            return "the experiment moved HEAD or damaged the repository of its checkout"
-        return ""
+    def begin(self, candidate: Candidate, *, description: str, proposer: str, proposal: dict[str, Any],
+              baseline: bool = False, exp_id: int | None = None) -> Experiment:
+        """Give the experiment its id, write its intent (before anything runs) and return it; its
+        checkout is made ready by `prepare`, on the worker that runs it."""
+        assert self.tag
+        exp_id = self.next_id() if exp_id is None else exp_id
+        run_dir = self.ws.state / "runs" / str(exp_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for old in run_dir.iterdir():  # outputs of an interrupted attempt; the proposer's prompts stay
+            if old.name.startswith(("run", "evaluate", "artifacts", "guard")) or old.name == "diff.patch":
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        (run_dir / "diff.patch").write_text(candidate.diff, encoding="utf-8")
+        exp = Experiment(self.config, exp_id, candidate, description=description, proposer=proposer, proposal=proposal,
+                         basis=Basis.of(self.history, self.config, baseline=baseline), run_dir=run_dir,
+                         baseline=baseline,
+                         on_start=lambda pgid: self.intents.write(exp_id, pgid=pgid), info=self.progress.info)
+        self.intents.write(exp_id, id=exp_id, parent=candidate.parent, commit=candidate.commit, tree=candidate.tree,
+                           diff_sha256=candidate.diff_sha256, description=description, proposer=proposer,
+                           proposal=proposal, start=exp.start, pgid=None)
+        self.in_flight[exp_id] = exp
+        return exp
 
-    def _update_pending(self, **fields: Any) -> None:
-        data = {}
-        if self._pending_path.exists():
-            try:
-                data = json.loads(self._pending_path.read_text())
-            except ValueError:
-                pass
-        data.update(fields)
-        tmp = self._pending_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._pending_path)
+    def conclude(self, exp: Experiment, *, keep_checkout: Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record the experiment (once: a result that arrives twice is recorded once); at a keep,
+        move the branch and KEEP_CHECKOUT to it, only after the record is on disk."""
+        self.in_flight.pop(exp.id, None)
+        if exp.id in self.history.ids():
+            self.intents.clear(exp.id)
+            return next(r for r in self.history.records if r["id"] == exp.id)
+        record = self._append(exp.record(extra))
+        if record["status"] == "keep":
+            self.ws.keep(self.tag, exp.candidate.commit, exp.candidate.parent, keep_checkout)
+        self.intents.clear(exp.id)
+        self.progress.experiment_done(record)
+        return record
 
     def execute(self, candidate: Candidate, *, description: str, proposer: str, proposal: dict[str, Any],
                 checkout: Path | None = None, baseline: bool = False, keep_checkout: Path | None = None) -> dict[str, Any]:
         """Run, judge and record one experiment whose code is committed as `candidate`, in `checkout`
-        (made exactly the candidate's files first). At a keep, `keep_checkout` (default: the same)
-        is moved to the new best."""
-        assert self.tag
-        checkout = checkout or self.ws.worktree
-        self.ws.scrub(checkout, candidate.commit, keep=self.config.experiment.cache)
-        exp_id = len(self.ledger.experiments())
-        run_dir = self.ws.state / "runs" / str(exp_id)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for old in run_dir.iterdir():  # outputs of an interrupted attempt; the proposer's prompts stay
-            if old.name.startswith(("run", "evaluate", "artifacts")) or old.name == "diff.patch":
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-        (run_dir / "diff.patch").write_text(candidate.diff, encoding="utf-8")
-        start = _now()
-        self._update_pending(id=exp_id, parent=candidate.parent, commit=candidate.commit, tree=candidate.tree,
-                             diff_sha256=candidate.diff_sha256, description=description, proposer=proposer,
-                             proposal=proposal, start=start, pgid=None)
-        self._expected_head = candidate.parent
-        editable_hashes = self.ws.hash_files(self.editable, checkout)
-        protected_hashes = self.ws.hash_files(self.protected, checkout)
-        best, best_rec = self.best()
-        noise = self.noise()
-        model = judging.noise_model(self.ledger.experiments(), self.config.metric.name, best) if not baseline else None
-        best_runs = judging.repeats(best_rec, self.config.metric.name) if best_rec else None
-        runs: list[Measured] = []
-        n_first = self.config.judge.baseline_runs if baseline else 1
-        verdict: judging.Verdict | None = None
-        interrupted = False
-        while True:
-            todo = n_first if not runs else 1
-            for i in range(todo):
-                # The baseline's first line of progress says when its first result is due.
-                eta = self.config.experiment.budget * 1.05 if baseline and not runs else None
-                m = self._run_once(exp_id, len(runs), run_dir, checkout, editable_hashes, protected_hashes,
-                                   commit=candidate.commit, repeats=len(runs) + todo - i, eta_s=eta)
-                runs.append(m)
-                if m.info.get("interrupted"):
-                    interrupted = True
-                    break
-                if judging.failure(m.outcome, self.config.metric.name):
-                    break
-            if interrupted:
-                break
-            verdict = judging.decide([m.outcome for m in runs], metric_name=self.config.metric.name,
-                                     maximize=self.config.maximize, judge=self.config.judge,
-                                     best=best, noise=noise, baseline=baseline, model=model, best_runs=best_runs,
-                                     max_runs=MAX_RERUNS + 1)
-            if verdict.status == "rerun" and len(runs) <= MAX_RERUNS:
-                self.progress.info(f"experiment {exp_id}: {verdict.reason}")
-                continue
-            if verdict.status == "rerun":
-                verdict = judging.Verdict("discard", verdict.reason + "; no re-run budget left", verdict.metric)
-            break
-        if interrupted:
-            verdict = judging.Verdict("interrupted", "stopped by Ctrl-C; the experiment's processes were killed")
-        assert verdict is not None
-        values = [m.outcome.metric for m in runs if m.outcome.metric is not None]
-        metric = verdict.metric if verdict.status in ("baseline", "keep", "discard", "suspicious") else None
-        if verdict.status in ("keep", "baseline"):
-            new_best = metric
-        else:
-            new_best = best
-        first = runs[0] if runs else None
-        vram = first.info.get("peak_vram_mb") if first else None
-        rss = max((m.info["peak_rss_mb"] for m in runs), default=0.0)
-        memory_gb = (vram / 1024) if isinstance(vram, (int, float)) else rss / 1024
-        record: dict[str, Any] = {
-            "kind": "experiment",
-            "id": exp_id,
-            "status": verdict.status,
-            "reason": verdict.reason,
-            "flags": list(verdict.flags),
-            "description": description,
-            "proposer": proposer,
-            "proposal": proposal,
-            "parent": candidate.parent,
-            "commit": candidate.commit,
-            "tree": candidate.tree,
-            "diff_sha256": candidate.diff_sha256,
-            "changed": candidate.changed,
-            "metric": metric,
-            "metrics": first.info["metrics"] if first else {},
-            "runs": [m.info for m in runs],
-            "best": new_best,
-            "delta": (metric - best) if (metric is not None and best is not None and not baseline) else None,
-            "noise_used": noise,
-            "min_delta_used": (verdict.need if verdict.need is not None else judging.threshold(self.config.judge, noise))
-            if not baseline else None,
-            "noise_model": model.describe() if model is not None else None,
-            "memory_gb": round(memory_gb, 3),
-            "command": self.config.experiment.run,
-            "evaluate": self.config.experiment.evaluate,
-            "budget_s": self.config.experiment.budget,
-            "protected": protected_hashes,
-            "seeds": [m.info["seed"] for m in runs],
-            "host": host_info(),
-            "start": start,
-            "end": _now(),
-        }
-        if baseline:
-            record["noise"] = judging.noise_of(values) if verdict.status == "baseline" else None
-        if verdict.status not in ("baseline", "keep", "discard") and runs:
-            record["log_tail"] = runs[-1].result.tail()
-        record = self._append(record)
-        # The record is on disk; only now does the branch move.
-        if verdict.status == "keep":
-            self.ws.keep(self.tag, candidate.commit, candidate.parent, keep_checkout or checkout)
-        self._pending_path.unlink(missing_ok=True)
-        self.progress.experiment_done(record)
-        if interrupted:
+        (made exactly the candidate's files first), one trial after another. At a keep,
+        `keep_checkout` (default: the same) is moved to the new best."""
+        slot = self.main_slot(checkout)
+        exp = self.begin(candidate, description=description, proposer=proposer, proposal=proposal, baseline=baseline)
+        self.ws.scrub(slot.checkout, candidate.commit, keep=self.config.experiment.cache)
+        runner = self.trials
+        while (spec := exp.next_trial()) is not None:
+            exp.absorb(self.run_trial(runner, spec, slot))
+        record = self.conclude(exp, keep_checkout=keep_checkout or slot.checkout)
+        if exp.interrupted:
             raise Stop()
         return record
 
     def record_invalid(self, reason: str, *, description: str, proposer: str, proposal: dict[str, Any], status: str = "invalid") -> dict[str, Any]:
         """A proposal that never ran: it could not be applied, or it changed what it may not."""
-        best, _ = self.best()
-        parent = self.ws.branch_head(self.tag)  # type: ignore[arg-type]
-        record = self._append({
-            "kind": "experiment", "id": len(self.ledger.experiments()), "status": status, "reason": reason,
-            "flags": [], "description": description, "proposer": proposer, "proposal": proposal,
-            "parent": parent, "commit": None, "tree": None, "diff_sha256": None, "changed": [],
-            "metric": None, "metrics": {}, "runs": [], "best": best, "delta": None, "memory_gb": 0.0,
-            "command": self.config.experiment.run, "start": _now(), "end": _now(),
-        })
+        record = self._append(invalid_record(self.config, self.next_id(), reason, description=description, proposer=proposer,
+                                             proposal=proposal, parent=self.ws.branch_head(self.tag),  # type: ignore[arg-type]
+                                             best=self.history.best_metric, status=status))
         self.progress.experiment_done(record)
         return record
 
@@ -650,14 +400,15 @@ class Session:
         Returns the mean metric (None on failure) and a status word. Nothing is recorded."""
         scratch = self.ws.scratch_checkout(self.ws.state / "rerun" / str(rec["id"]), rec["commit"])
         run_dir = self.ws.state / "runs" / f"rerun-{rec['id']}"
+        slot = Slot(checkout=scratch, scratch=self.ws.state / "evaluator")
+        runner = self.trials
         try:
-            self._expected_head = rec["commit"]
-            editable_hashes = self.ws.hash_files(self.editable, scratch)
-            protected_hashes = self.ws.hash_files(self.protected, scratch)
+            seeds = rec.get("seeds") or [0]
             values = []
-            for k, seed in enumerate(rec.get("seeds") or [0]):
-                m = self._run_once(rec["id"], k, run_dir, scratch, editable_hashes, protected_hashes, commit=rec["commit"],
-                                   track=False, seed=seed, repeats=len(rec.get("seeds") or [0]))
+            for k, seed in enumerate(seeds):
+                spec = TrialSpec(exp_id=rec["id"], k=k, commit=rec["commit"], expected_head=rec["commit"], run_dir=run_dir,
+                                 seed=seed, repeats=len(seeds))
+                m = self.run_trial(runner, spec, slot)
                 bad = judging.failure(m.outcome, self.config.metric.name)
                 if bad is not None:
                     return None, f"{bad.status}: {bad.reason}"
@@ -666,11 +417,8 @@ class Session:
         finally:
             self.ws.drop_checkout(scratch)
 
-    def tried_trees(self) -> dict[str, int]:
-        return {r["tree"]: r["id"] for r in self.ledger.experiments() if r.get("tree") and r["status"] != "interrupted"}
 
-
-UNPINNED = ("proposer", "evidence")  # config sections that may change while a run goes on
+UNPINNED = ("proposer", "evidence", "resources")  # config sections that may change while a run goes on
 
 
 def config_digest(config: dict[str, Any]) -> str:
@@ -691,18 +439,8 @@ def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _glob_paths(entry: str) -> list[Path]:
-    """A config path (`~`, `$VAR`, globs) as the paths it names now; an unset variable names none."""
-    expanded = os.path.expandvars(os.path.expanduser(entry))
-    if "$" in expanded:
-        return []
-    return [Path(p) for p in glob.glob(expanded)]
-
-
-
-
 def _context(session: Session, feedback: str = "") -> Context:
-    exp_id = len(session.ledger.experiments())
+    exp_id = session.next_id()
     run_dir = session.ws.state / "runs" / str(exp_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     best, best_rec = session.best()
@@ -717,11 +455,14 @@ def _context(session: Session, feedback: str = "") -> Context:
         run_dir=run_dir,
         experiment_id=exp_id,
         feedback=feedback,
+        in_flight=[{"id": e.id, "description": e.description, "proposal": e.proposal} for e in session.in_flight.values()],
     )
 
 
-def step(session: Session, proposer: Proposer) -> dict[str, Any]:
-    """One experiment driven by a proposer."""
+def propose(session: Session, proposer: Proposer) -> tuple[Candidate, Proposal] | dict[str, Any]:
+    """Ask the proposer for a change and commit it as a candidate on the current best (in the
+    run's worktree, which is then reset). Returns the candidate, or the record of a proposal that
+    could not run (already observed by the proposer)."""
     feedback = ""
     for attempt in range(MAX_DUPLICATE_RETRIES + 1):
         ctx = _context(session, feedback)
@@ -734,7 +475,7 @@ def step(session: Session, proposer: Proposer) -> dict[str, Any]:
             proposer.observe(rec)
             return rec
         try:
-            session.ws.reset()
+            session.ws.reset()  # an agent proposer edits the worktree itself; its edits come back as text
             changed = session.ws.write_edits(proposal.edits, session.config.experiment.editable)
             candidate = session.ws.commit_candidate(proposal.description, changed)
         except ProposalInvalid as err:
@@ -742,18 +483,26 @@ def step(session: Session, proposer: Proposer) -> dict[str, Any]:
             rec = session.record_invalid(str(err), description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
             proposer.observe(rec)
             return rec
+        finally:
+            session.ws.reset()
         seen = session.tried_trees().get(candidate.tree)
         if seen is None:
-            break
-        session.ws.reset()
-        feedback = (f"The proposal '{proposal.description}' produces code identical to experiment {seen}, which already ran. "
-                    "Propose a different change.")
+            return candidate, proposal
+        feedback = (f"The proposal '{proposal.description}' produces code identical to experiment {seen}, which already "
+                    "ran (or is running). Propose a different change.")
         session.progress.info(f"proposal identical to experiment {seen}; asking for another")
-    else:
-        rec = session.record_invalid(f"duplicate: identical to experiment {seen}, {MAX_DUPLICATE_RETRIES + 1} times",
-                                     description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
-        proposer.observe(rec)
-        return rec
+    rec = session.record_invalid(f"duplicate: identical to experiment {seen}, {MAX_DUPLICATE_RETRIES + 1} times",
+                                 description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
+    proposer.observe(rec)
+    return rec
+
+
+def step(session: Session, proposer: Proposer) -> dict[str, Any]:
+    """One experiment driven by a proposer."""
+    got = propose(session, proposer)
+    if isinstance(got, dict):
+        return got
+    candidate, proposal = got
     try:
         rec = session.execute(candidate, description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
     finally:
@@ -773,16 +522,22 @@ def run_loop(
     new: bool = False,
     progress: Progress | None = None,
     learn_from: list[Path] | None = None,
+    resources: dict[str, Any] | None = None,
 ) -> LoopSummary:
     """Run (or resume) the loop in ROOT until a stop condition, Ctrl-C, or forever. LEARN_FROM:
-    folders of other runs whose experiments the proposer may learn from (never recorded here)."""
+    folders of other runs whose experiments the proposer may learn from (never recorded here).
+    RESOURCES: overrides of [resources] (workers, cpus_per_worker, gpus_per_worker, backend, address)."""
     session = Session(root, progress=progress)
     if proposer:
         session.config.proposer = session.config.proposer.model_copy(update={"kind": proposer})
+    if resources:
+        session.config.resources = session.config.resources.model_validate(
+            {**session.config.resources.model_dump(), **{k: v for k, v in resources.items() if v is not None}})
     started = time.monotonic()
     done = kept = 0
     _sigterm_as_interrupt()
     stopped_by = "max-experiments"
+    recheck = holdout.Rescorer(session)  # kept winners re-scored on the holdout split (holdout.py)
     with session.locked():
         session.open(tag=tag, new=new)
         session.progress.info(f"run key fingerprint: {fingerprint(session.ledger.signer.public_key)} (to check an exported bundle "
@@ -794,30 +549,61 @@ def run_loop(
             if not session.has_baseline():
                 session.measure_baseline()
             prop = create(session.config, session.ledger.experiments(), learn_from=learn_from, warn=session.progress.warn)
+
+            def may_start(started_so_far: int) -> bool:
+                nonlocal stopped_by
+                if max_experiments is not None and started_so_far >= max_experiments:
+                    stopped_by = "max-experiments"
+                    return False
+                if max_time is not None and time.monotonic() - started >= max_time:
+                    stopped_by = "max-time"
+                    return False
+                if max_cost is not None and session.history.cost >= max_cost:
+                    stopped_by = "max-cost"
+                    return False
+                return True
+
+            def landed(rec: dict[str, Any]) -> None:
+                nonlocal done, kept
+                done += 1
+                kept += rec["status"] == "keep"
+                if rec["status"] == "keep":
+                    recheck.after_keep()
+
+            res = session.config.resources
             try:
-                while True:
-                    if max_experiments is not None and done >= max_experiments:
-                        stopped_by = "max-experiments"
+                if res.workers > 1 or res.backend != "local":
+                    from .workers import Coordinator, RayBackend, plan_slots, ray_slots
+
+                    backend = None
+                    if res.backend == "ray":
+                        slots, cpus, gpus = ray_slots(res, session.ws.state)
+                        backend = RayBackend(res, cpus, gpus)
+                        session.progress.info(f"{len(slots)} workers on Ray ({res.address or 'a local cluster'}), "
+                                              f"{cpus} core(s) and {gpus} GPU(s) each")
+                    else:
+                        slots = plan_slots(res, session.ws.state)
+                        session.progress.info(f"{len(slots)} workers: " + "; ".join(
+                            f"{sl.name} cores {','.join(map(str, sl.cpus or []))}"
+                            + (f" GPUs {sl.env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in sl.env else "")
+                            for sl in slots))
+                    Coordinator(session, prop, slots, may_start, propose, on_record=landed, backend=backend).run()
+                while res.workers == 1 and res.backend == "local":
+                    if not may_start(done):
                         break
-                    if max_time is not None and time.monotonic() - started >= max_time:
-                        stopped_by = "max-time"
-                        break
-                    if max_cost is not None and total_cost(session.ledger.experiments()) >= max_cost:
-                        stopped_by = "max-cost"
-                        break
-                    rec = step(session, prop)
-                    done += 1
-                    kept += rec["status"] == "keep"
+                    landed(step(session, prop))
             finally:
                 prop.close()
         except (Stop, KeyboardInterrupt):
             stopped_by = "interrupted"
-            if session._pending_path.exists():  # interrupted outside the runner's own handling
+            if session.intents.all():  # interrupted outside the runner's own handling
                 session.recover()
             session.ws.reset()
+        recheck.at_stop()
     best, _ = session.best()
     base = next((r["metric"] for r in session.ledger.experiments() if r["status"] == "baseline"), None)
-    summary = LoopSummary(session.tag or "", done, kept, best, base, stopped_by, notes=session.witness_and_head())
+    summary = LoopSummary(session.tag or "", done, kept, best, base, stopped_by,
+                          notes=recheck.notes() + session.witness_and_head())
     session.progress.finish(summary)
     return summary
 
@@ -832,91 +618,3 @@ def _sigterm_as_interrupt() -> None:
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, handler)
-
-
-def total_cost(records: list[dict[str, Any]]) -> float:
-    return sum(float((r.get("proposal") or {}).get("cost_usd") or 0.0) for r in records)
-
-
-def find_session_for_checkout(path: Path) -> tuple[Session, Path]:
-    """From inside a checkout of a run branch, find the experiment folder that owns the run."""
-    path = Path(path).resolve()
-    top = git("rev-parse", "--show-toplevel", cwd=path, check=False).strip()
-    if not top:
-        raise UserError(f"{path} is not inside a git checkout; cd into the run's worktree (.autoresearch/worktree)")
-    top_p = Path(top)
-    common = Path(git("rev-parse", "--git-common-dir", cwd=path).strip())
-    if not common.is_absolute():
-        common = (path / common).resolve()
-    main_repo = common.parent
-    rel = path.relative_to(top_p)
-    # The experiment folder is the nearest folder at or above `path` that holds autoresearch.toml.
-    for candidate_rel in [rel, *rel.parents]:
-        if (top_p / candidate_rel / "autoresearch.toml").is_file():
-            root = main_repo / candidate_rel
-            break
-    else:
-        raise UserError(f"no autoresearch.toml at or above {path}; run `autoresearch try` inside the run's worktree")
-    session = Session(root)
-    return session, top_p
-
-
-def try_change(path: Path, description: str, progress: Progress | None = None,
-               proposal: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Agent-driven mode: commit the checkout's uncommitted change to editable files, run, judge,
-    record, and keep or reset. The agent never reports a number; the harness measures it."""
-    session, checkout = find_session_for_checkout(path)
-    if progress is not None:
-        session.progress = progress
-    if not description.strip():
-        raise UserError("give a description of the change with -m \"what you tried\"")
-    with session.locked():
-        if not session.ledger.exists():
-            raise UserError(f"no run in {session.root}; start one and measure the baseline with `autoresearch run {session.root} --max-experiments 0`")
-        header = session.ledger.header() or {}
-        session.tag = header.get("tag")
-        session.ledger.signer = session._load_signer(header)
-        session.check_config_pinned(header)
-        branch = git("rev-parse", "--abbrev-ref", "HEAD", cwd=checkout).strip()
-        if branch != f"{BRANCH_PREFIX}{session.tag}":
-            raise UserError(
-                f"{checkout} is on {branch!r}, not the run branch {BRANCH_PREFIX}{session.tag}; "
-                f"work in {session.ws.worktree} (cd there and edit the editable files)"
-            )
-        session.recover(reset_checkout=checkout)
-        if not session.has_baseline():
-            raise UserError(f"no baseline yet; measure it with `autoresearch run {session.root} --max-experiments 0`")
-        editable_patterns = session.config.experiment.editable
-        changed = session.ws.changed_files(checkout)
-        from .workspace import matches
-
-        outside = [p for p in changed if not matches(p, editable_patterns)]
-        inside = [p for p in changed if matches(p, editable_patterns)]
-        if outside:  # the whole change goes, so the next try starts from the best code, not half of this one
-            session.ws.restore(changed, checkout)
-            rec = session.record_invalid(
-                f"changed files outside editable: {', '.join(outside)}; the whole change was reverted",
-                description=description, proposer="try", proposal={**(proposal or {}), "violations": outside}, status="rejected")
-            return rec
-        if not inside:
-            raise UserError(f"no change to the editable files ({', '.join(editable_patterns)}) in {checkout}; edit them first")
-        try:
-            candidate = session.ws.commit_candidate(description, inside, checkout)
-        except ProposalInvalid as err:
-            session.ws.restore(inside, checkout)
-            return session.record_invalid(f"{err} (reverted)", description=description, proposer="try", proposal=dict(proposal or {}),
-                                          status="rejected")
-        seen = session.tried_trees().get(candidate.tree)
-        if seen is not None:
-            raise UserError(f"this exact code already ran as experiment {seen}; try something different")
-        # The experiment runs in a checkout of its own: the agent's shell, editor and scratch files
-        # stay as they are, and nothing they leave behind reaches the run.
-        scratch = session.ws.scratch_checkout(session.ws.state / "try-checkout", candidate.parent)
-        try:
-            rec = session.execute(candidate, description=description, proposer="try", proposal=dict(proposal or {}), checkout=scratch,
-                                  keep_checkout=checkout)
-        finally:
-            if session.ws.head(checkout) != session.ws.branch_head(session.tag or ""):
-                git("reset", "-q", "--hard", session.ws.branch_head(session.tag or ""), cwd=checkout)
-            session.ws.restore(inside, checkout)
-        return rec

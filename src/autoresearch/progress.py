@@ -25,6 +25,8 @@ STATUS_STYLE = {
     "interrupted": "yellow",
     "over_budget": "red",
     "suspicious": "magenta",
+    "pruned": "cyan",
+    "screened_out": "cyan",
 }
 
 
@@ -59,6 +61,16 @@ class Activity:
         return self.text()
 
 
+class _Lines:
+    """The live status lines, one per worker slot, as rich renders them on each refresh."""
+
+    def __init__(self, activities: dict[str, "Activity"]):
+        self.activities = activities
+
+    def __rich__(self) -> str:
+        return "\n".join(a.text() for a in list(self.activities.values()))
+
+
 class Progress:
     # Piped output: a status line once a process has run this long (quick ones print none), then
     # one this often.
@@ -73,7 +85,8 @@ class Progress:
         self._max_exp: int | None = None
         self._done = 0
         self._metric = ""
-        self._activity: Activity | None = None
+        self._activities: dict[str, Activity] = {}  # slot ("" without workers) -> what runs there
+        self._lock = threading.RLock()
         self._live = None
         self._ticker: threading.Thread | None = None
         self._stop_ticker = threading.Event()
@@ -107,47 +120,63 @@ class Progress:
         )
 
     # ---- the live status line ------------------------------------------------------------------
-    def begin(self, label: str, phase: str, *, budget_s: float | None = None, eta_s: float | None = None) -> None:
-        """A process starts: show one live line (a terminal) or a plain line now and every ~30 s (piped)."""
-        self.end()
-        if self.quiet:
-            return
-        self._activity = Activity(label, phase, budget_s, eta_s)
-        if self.console.is_terminal:
-            from rich.live import Live
+    def begin(self, label: str, phase: str, *, budget_s: float | None = None, eta_s: float | None = None,
+              slot: str = "") -> None:
+        """A process starts: show one live line per worker slot (a terminal) or a plain line now and
+        every ~30 s (piped)."""
+        with self._lock:
+            if self.quiet:
+                return
+            self._activities[slot] = Activity(f"{slot} {label}" if slot else label, phase, budget_s, eta_s)
+            if self.console.is_terminal:
+                if self._live is None:
+                    from rich.live import Live
 
-            self._live = Live(self._activity, console=self.console, refresh_per_second=2, transient=True)
-            self._live.start()
-        else:
-            self._stop_ticker.clear()
-            self._ticker = threading.Thread(target=self._tick, args=(self._activity,), daemon=True)
-            self._ticker.start()
+                    self._live = Live(_Lines(self._activities), console=self.console, refresh_per_second=2, transient=True)
+                    self._live.start()
+            elif self._ticker is None:
+                self._stop_ticker.clear()
+                self._ticker = threading.Thread(target=self._tick, daemon=True)
+                self._ticker.start()
 
-    def output(self, line: str) -> None:
+    def output(self, line: str, slot: str = "") -> None:
         """The running process's last line of output (called from the runner's reader thread)."""
-        if self._activity is not None:
+        activity = self._activities.get(slot)
+        if activity is not None:
             line = " ".join(line.split())
-            self._activity.last_line = line if len(line) <= 100 else line[:99] + "…"
+            activity.last_line = line if len(line) <= 100 else line[:99] + "…"
 
-    def end(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-        if self._ticker is not None:
+    def end(self, slot: str | None = None) -> None:
+        """The process of SLOT ended (None: all of them)."""
+        with self._lock:
+            if slot is None:
+                self._activities.clear()
+            else:
+                self._activities.pop(slot, None)
+            if self._activities:
+                return
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+            ticker, self._ticker = self._ticker, None
+        if ticker is not None:
             self._stop_ticker.set()
-            self._ticker.join(timeout=2)
-            self._ticker = None
-        self._activity = None
+            ticker.join(timeout=2)
 
-    def _tick(self, activity: Activity) -> None:
+    @property
+    def _activity(self) -> "Activity | None":
+        return next(iter(self._activities.values()), None)
+
+    def _tick(self) -> None:
         wait = self.PLAIN_FIRST_S
         while not self._stop_ticker.wait(wait):
-            self._print(activity.text(), "dim")
+            for activity in list(self._activities.values()):
+                self._print(activity.text(), "dim")
             wait = self.PLAIN_EVERY_S
 
     # ---- verdicts --------------------------------------------------------------------------------
     def experiment_done(self, record: dict[str, Any]) -> None:
-        self.end()
+        self.end("")  # the one-worker line; other workers' lines go on
         status = record["status"]
         value = record.get("metric")
         name = self._metric or "metric"

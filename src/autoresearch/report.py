@@ -28,6 +28,8 @@ STATUS_STYLE = {
     "suspicious": ("magenta", "#8250df"),
     "invalid": ("yellow", "#bf8700"),
     "interrupted": ("yellow", "#bf8700"),
+    "pruned": ("cyan", "#0a7f8c"),
+    "screened_out": ("cyan", "#0a7f8c"),
 }
 # Statuses that ran and produced no usable metric: drawn as red crosses at the chart's edge.
 _FAILED = ("crash", "timeout", "over_budget", "rejected")
@@ -483,9 +485,10 @@ def _for_script(text: str) -> str:
 
 def render_page(records: list[dict[str, Any]], header: dict[str, Any] | None, *, live: bool = False, offset: int = 0,
                 details: dict[int, dict[str, Any]] | None = None, importances: dict[str, Any] | None = None,
-                records_json: list[str] | None = None) -> str:
+                records_json: list[str] | None = None, holdout: list[str] | None = None) -> str:
     """The whole page as one HTML string: inline styles, script and data; nothing fetched from elsewhere.
-    `records_json`, each page record as JSON already, stands in for `records` (the dashboard keeps them)."""
+    `records_json`, each page record as JSON already, stands in for `records` (the dashboard keeps them).
+    `holdout`: the lines of holdout.gain_lines (validation gain beside holdout gain), shown under the summary."""
     header = header or {}
     title = f"autoresearch {'dashboard' if live else 'report'}: {header.get('tag', '')}".rstrip(": ")
     meta = {"title": title, "tag": header.get("tag", ""), "branch": header.get("branch", ""),
@@ -501,6 +504,7 @@ def render_page(records: list[dict[str, Any]], header: dict[str, Any] | None, *,
     js = (_STATIC / "report.js").read_text(encoding="utf-8")
     e = html.escape
     state = '<span id="live" class="off">● connecting</span>' if live else ""
+    held = holdout_section(holdout)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -509,7 +513,7 @@ def render_page(records: list[dict[str, Any]], header: dict[str, Any] | None, *,
 <body>
 <h1>{e(title)}{state}</h1>
 <ul class="summary" id="summary"></ul>
-<noscript><p>This page draws its chart and tables with JavaScript; `autoresearch status` and `log` show the same in a terminal.</p></noscript>
+{held}<noscript><p>This page draws its chart and tables with JavaScript; `autoresearch status` and `log` show the same in a terminal.</p></noscript>
 <section id="chart" class="card"><h3 id="chart-title"></h3><div id="chart-sub" class="muted"></div>
 <svg id="chart-svg" role="img" aria-label="progress chart: {e(meta['metric'])} per experiment"></svg>
 <div class="legend"><span><i style="background:#1f6feb"></i>baseline</span><span><i style="background:#8c959f"></i>discarded</span>
@@ -534,16 +538,29 @@ def render_page(records: list[dict[str, Any]], header: dict[str, Any] | None, *,
 """
 
 
+def holdout_section(lines: list[str] | None) -> str:
+    """The holdout lines as a card of the page (empty without them); an overfit verdict stands out."""
+    if not lines:
+        return ""
+    rows = []
+    for line in lines:
+        text = html.escape(line.strip())
+        rows.append(f'<p style="margin:.2em 0;color:#cf222e"><strong>{text}</strong></p>' if "OVERFIT" in line
+                    else f'<p style="margin:.2em 0">{text}</p>')
+    return ('<section id="holdout" class="card"><h3>validation vs holdout</h3>' + "".join(rows) + "</section>\n")
+
+
 def write_report_html(records: list[dict[str, Any]], header: dict[str, Any] | None, path: Path,
-                      state_dir: Path | None = None) -> Path:
+                      state_dir: Path | None = None, holdout: list[str] | None = None) -> Path:
     """The page as one self-contained file: every record, and (given the run's state folder) each
-    experiment's diff and log tails, so the file alone can be shared and opened offline."""
+    experiment's diff and log tails, so the file alone can be shared and opened offline. HOLDOUT:
+    the lines that compare the validation gain with the holdout gain (holdout.gain_lines)."""
     header = header or {}
     details = None
     if state_dir is not None:
         details = {r["id"]: experiment_files(state_dir, r["id"], log_lines=40) for r in records if isinstance(r.get("id"), int)}
     page = render_page(records, header, details=details if details is not None else {},
-                       importances=param_importances(records, str(header.get("goal", "minimize"))))
+                       importances=param_importances(records, str(header.get("goal", "minimize"))), holdout=holdout)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

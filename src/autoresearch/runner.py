@@ -37,6 +37,7 @@ class ProcessResult:
     output: str  # captured output (head and tail when capped), for reading metrics
     timed_out: bool = False
     interrupted: bool = False  # Ctrl-C reached the harness while this ran
+    stopped: str = ""  # why the harness stopped it early (a prune rule fired), else empty
     output_bytes: int = 0
     truncated: bool = False
     start: float = 0.0
@@ -47,7 +48,7 @@ class ProcessResult:
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and not self.interrupted
+        return self.exit_code == 0 and not self.timed_out and not self.interrupted and not self.stopped
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
@@ -178,12 +179,19 @@ def run_process(
     sandbox: "SandboxSpec | None" = None,
     on_start: Callable[[int], None] | None = None,
     on_line: Callable[[str], None] | None = None,
+    watch: Callable[[str], str | None] | None = None,
+    cpus: list[int] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ProcessResult:
     """Run the shell line `command`, confined as `sandbox` says, to completion or timeout.
 
     `on_start(pgid)` lets the caller note the process group, so a restarted harness can kill a tree
     left behind by a crash. `on_line(text)` gets the last line of each chunk of output as it
-    arrives (for a live status line; it runs on the reader thread and must be quick). Ctrl-C kills the group and returns `interrupted=True` rather than raising.
+    arrives (for a live status line; it runs on the reader thread and must be quick). `watch(line)`
+    gets every complete line; when it returns a reason, the group is stopped and the result carries
+    it in `stopped`. `cpus`: the cores the process (and all it starts) may run on (a worker's share).
+    `cancel`: set from another thread (the coordinator's Ctrl-C) it kills the group like Ctrl-C.
+    Ctrl-C kills the group and returns `interrupted=True` rather than raising.
     """
     from .sandbox import SandboxSpec, prepare
 
@@ -193,6 +201,8 @@ def run_process(
 
     def _pre() -> None:
         _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
         if prepared.preexec_fn is not None:
             prepared.preexec_fn()
 
@@ -219,10 +229,26 @@ def run_process(
     if on_start:
         on_start(pgid)
 
+    stop = threading.Event()
+    stop_reason: list[str] = []
+
+    def _watch(chunk: bytes, partial: bytearray) -> None:
+        partial += chunk
+        *lines, rest = bytes(partial).split(b"\n")
+        partial[:] = rest[-65536:]  # a line longer than that is not a METRIC line
+        for raw in lines:
+            reason = watch(raw.decode("utf-8", errors="replace").rstrip("\r")) if not stop.is_set() else None
+            if reason:
+                stop_reason.append(reason)
+                stop.set()
+
     def _pump() -> None:
         assert proc.stdout is not None
+        partial = bytearray()
         while chunk := proc.stdout.read1(65536):
             log.write(chunk)
+            if watch is not None:
+                _watch(chunk, partial)
             if on_line is not None:
                 last = _last_line(chunk)
                 if last:
@@ -253,6 +279,15 @@ def run_process(
                 kill_group(pgid)
                 proc.wait()
                 break
+            if stop.is_set():
+                kill_group(pgid)
+                proc.wait()
+                break
+            if cancel is not None and cancel.is_set():
+                interrupted = True
+                kill_group(pgid, grace=1.0)
+                proc.wait()
+                break
             interval = min(interval * 2, 0.25)
     except KeyboardInterrupt:
         interrupted = True
@@ -276,13 +311,14 @@ def run_process(
     text, truncated = log.close()
     return ProcessResult(
         command=command,
-        exit_code=None if (timed_out or interrupted) else proc.returncode,
+        exit_code=None if (timed_out or interrupted or stop_reason) else proc.returncode,
         wall_s=wall,
         peak_rss_mb=peak / 1e6,
         log_path=log_path,
         output=text,
         timed_out=timed_out,
         interrupted=interrupted,
+        stopped=stop_reason[0] if stop_reason else "",
         output_bytes=log.total,
         truncated=truncated,
         start=start_wall,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .ledger import LEDGER_NAME, RESULTS_NAME, Ledger, verify_chain
+from .ledger import Intents, LEDGER_NAME, RESULTS_NAME, Ledger, verify_chain
 from .timestamp import TOKEN_DIR
 from .workspace import BRANCH_PREFIX, Workspace, git
 
@@ -85,6 +85,12 @@ def _check_records(state: Path, rep: VerifyReport, tsa_ca: Path | None = None) -
              (f", signed (key fingerprint {_fingerprint_or_key(key)[:16]}…)" if key else " (unsigned)"))
     if not key:
         rep.fail("the run's start record has no public key, so nothing is signed")
+    ids = {r["id"] for r in exps}
+    running = {i.get("id") for i in Intents(state).all()}  # in flight right now on a worker
+    missing = sorted(set(range(max(ids, default=-1) + 1)) - ids - running)
+    if missing:
+        rep.fail(f"experiment {missing[0]} is missing from the ledger (ids {', '.join(map(str, missing[:5]))}"
+                 f"{'…' if len(missing) > 5 else ''} have no record and are not running); records were removed")
 
     patches = logs = 0
     runs_dir = os.path.join(state, "runs")
@@ -127,7 +133,61 @@ def _check_records(state: Path, rep: VerifyReport, tsa_ca: Path | None = None) -
         rep.fail(f"{RESULTS_NAME} does not agree with the ledger (edited by hand?)")
     else:
         rep.note(f"{RESULTS_NAME}: {len(exps)} rows agree with the ledger")
+    _check_holdout(records, runs_dir, rep)
     return records
+
+
+def _check_holdout(records: list[dict[str, Any]], runs_dir: str, rep: VerifyReport) -> None:
+    """Holdout records (holdout.py): each re-scores a baseline or kept experiment recorded before it,
+    once; its validation score is that record's; its mean is the mean of its values; its logs match.
+    One line per record says what the holdout found."""
+    import math
+    import statistics
+
+    from .holdout import KIND, SCORED, gain_lines, suffix
+
+    seen: dict[int, dict[str, Any]] = {}
+    scored: set[int] = set()
+    n = 0
+    for rec in records:
+        if rec.get("kind") == "experiment":
+            seen[rec["id"]] = rec
+            continue
+        if rec.get("kind") != KIND:
+            continue
+        n += 1
+        exp_id = rec.get("experiment")
+        target = seen.get(exp_id) if isinstance(exp_id, int) else None
+        where = f"holdout record of experiment {exp_id}"
+        if target is None or target.get("status") not in SCORED:
+            rep.fail(f"{where}: no baseline or kept experiment {exp_id} was recorded before it")
+            continue
+        if exp_id in scored:
+            rep.fail(f"{where}: experiment {exp_id} was already re-scored on the holdout; a record re-scores once")
+        scored.add(exp_id)
+        if rec.get("validation_metric") != target.get("metric"):
+            rep.fail(f"{where}: its validation score {rec.get('validation_metric')} is not the experiment's {target.get('metric')}")
+        values = rec.get("values") or []
+        if rec.get("status") == "ok":
+            mean = rec.get("metric")
+            if not values or not isinstance(mean, (int, float)) or not math.isclose(mean, statistics.fmean(values), rel_tol=1e-12, abs_tol=1e-15):
+                rep.fail(f"{where}: its score {mean} is not the mean of its values {values}")
+        for run in rec.get("runs") or []:
+            log = os.path.join(runs_dir, str(exp_id), f"holdout{suffix(int(run.get('repeat') or 0))}.log")
+            digest = _sha256_or_none(log)
+            if digest is not None and digest != run.get("log_sha256"):
+                rep.fail(f"{where}: {os.path.basename(log)} does not match its recorded sha256")
+        name = rec.get("metric_name", "metric")
+        num = lambda v: f"{v:.6g}" if isinstance(v, (int, float)) else str(v)  # noqa: E731
+        if rec.get("status") == "ok":
+            reps = f" (mean of {len(values)} repeats)" if len(values) > 1 else ""
+            rep.note(f"holdout: experiment {exp_id} ({target['status']}): {name} {num(target.get('metric'))} on validation, "
+                     f"{num(rec.get('metric'))} on the holdout{reps}")
+        else:
+            rep.note(f"holdout: experiment {exp_id} ({target['status']}): not scored: {rec.get('reason', '')}")
+    if n:
+        for line in gain_lines(records):
+            rep.note(line)
 
 
 def _is_ancestor(root: Path, commit: str, head: str) -> bool:
@@ -243,13 +303,34 @@ def guarantee_of(rec: dict[str, Any]) -> str:
         who = f"proposer {proposer} NOT confined"
     else:
         who = f"proposer {proposer} (confinement not recorded)"
-    return f"{sandbox}; {who}"
+    guards = [r["guard"] for r in runs if r.get("guard")]
+    guard = ""
+    if guards:
+        guard = "; guard passed" if all(g.get("exit_code") == 0 for g in guards) else "; guard FAILED"
+    return f"{sandbox}{guard}; {who}"
+
+
+def _judged_early(rec: dict[str, Any]) -> str | None:
+    """What stopped or refused an experiment short of the keep rule: a prune rule, a screening run,
+    a constraint or the guard. None for the rest."""
+    if rec.get("status") == "pruned":
+        fired = rec.get("pruned") or {}
+        return f"pruned by {fired.get('rule', '?')} on {fired.get('metric', '?')} at {fired.get('at', 0):.0%} of the run (its curve is recorded; it was never kept)"
+    screen = rec.get("screen") or {}
+    if screen and rec.get("status") != "baseline":
+        value = screen.get("metric")
+        shown = f"{value:.6g}" if isinstance(value, (int, float)) else "no score"
+        return f"screened at {screen.get('budget_s', 0):g} s: {shown}, {'promoted to the full budget' if screen.get('promoted') else 'not promoted'}"
+    if "constraint" in (rec.get("flags") or []) or (rec.get("status") == "rejected" and str(rec.get("reason", "")).startswith("guard ")):
+        return str(rec.get("reason", ""))[:200]
+    return None
 
 
 def guarantees(exps: list[dict[str, Any]]) -> list[str]:
     """Per experiment, which guarantees held; consecutive experiments alike share one line."""
     lines: list[str] = []
     groups: list[tuple[str, int, int]] = []
+    exps = sorted(exps, key=lambda r: r["id"])  # with workers they land in the order they finish
     for rec in exps:
         g = guarantee_of(rec)
         if groups and groups[-1][0] == g and groups[-1][2] == rec["id"] - 1:
@@ -265,6 +346,10 @@ def guarantees(exps: list[dict[str, Any]]) -> list[str]:
                 after = run["cache_sha256"].get("after", {}).get(rel)
                 short = lambda h: h[:12] if h else "absent"  # noqa: E731
                 lines.append(f"cache: experiment {rec['id']} repeat {k + 1}: {rel} {short(before)} -> {short(after)}")
+    for rec in exps:
+        early = _judged_early(rec)
+        if early:
+            lines.append(f"judged: experiment {rec['id']}: {early}")
     return lines
 
 

@@ -40,7 +40,8 @@ def print_log(root: Path, status_filter: str | None = None) -> None:
     out.write("".join(lines))
 
 
-def print_experiment(root: Path, exp_id: int, lines: int = 30) -> None:
+def print_experiment(root: Path, exp_id: int, lines: int = 30, holdout: bool = False) -> None:
+    """HOLDOUT: also its holdout score; off by default, so that what a proposer reads (drive's `show`) never has it."""
     ledger = _ledger(root)
     exps = ledger.experiments()
     if not 0 <= exp_id < len(exps):
@@ -55,6 +56,12 @@ def print_experiment(root: Path, exp_id: int, lines: int = 30) -> None:
     w(f"metric:      {_num(rec.get('metric'))}  delta {_num(rec.get('delta'), '+.4g')}  best after {_num(rec.get('best'))}\n")
     if rec.get("flags"):
         w(f"flags:       {', '.join(rec['flags'])}\n")
+    from .holdout import holdout_records
+
+    held = holdout_records(ledger.records()).get(exp_id) if holdout else None
+    if held is not None:
+        shown = _num(held.get("metric")) if held.get("status") == "ok" else f"not scored ({held.get('reason', '')})"
+        w(f"holdout:     {shown}  (validation {_num(held.get('validation_metric'))}; never used to keep or discard)\n")
     for i, run in enumerate(rec.get("runs", []), 1):
         w(f"run {i}: seed {run.get('seed')} exit {run.get('exit_code')} wall {_num(run.get('wall_s'), '.1f')}s "
           f"peak {_num(run.get('peak_rss_mb'), '.0f')} MB\n")
@@ -76,9 +83,12 @@ def print_experiment(root: Path, exp_id: int, lines: int = 30) -> None:
         w("\n--- log tail ---\n" + rec["log_tail"] + "\n")
 
 
-def print_status(root: Path, last: int = 10) -> None:
+def print_status(root: Path, last: int = 10, holdout: bool = False) -> None:
+    """HOLDOUT: also the validation gain beside the holdout gain; off by default, so that what a
+    proposer reads (drive's `status`, the MCP tool) never has it: the holdout never steers the search."""
     from rich.console import Console
 
+    from .holdout import gain_lines
     from .report import status_table, summary_lines
 
     ledger = _ledger(root)
@@ -87,12 +97,16 @@ def print_status(root: Path, last: int = 10) -> None:
     console = Console(highlight=False, soft_wrap=True)
     for line in summary_lines(exps, header):
         console.print(line, markup=False)
+    if exps and holdout:
+        for line in gain_lines(ledger.records()):  # validation gain beside holdout gain
+            console.print(line, markup=False)
     console.print(chain_head_line(ledger.state_dir), markup=False)  # what a user notes to detect rewrites later
     if exps:
         console.print(status_table(exps[-last:], header.get("metric", "metric")))
 
 
 def write_report(root: Path) -> list[str]:
+    from .holdout import gain_lines
     from .report import write_progress_png, write_report_html
 
     ledger = _ledger(root)
@@ -100,6 +114,7 @@ def write_report(root: Path) -> list[str]:
     exps = ledger.experiments()
     png = ledger.path.parent / "progress.png"
     html = ledger.path.parent / "report.html"
+    holdout = gain_lines(ledger.records()) if exps else []
     write_progress_png(exps, header.get("metric", "metric"), header.get("goal", "minimize"), png)
-    write_report_html(exps, header, html, state_dir=ledger.state_dir)
-    return [f"wrote {png}", f"wrote {html}"]
+    write_report_html(exps, header, html, state_dir=ledger.state_dir, holdout=holdout)
+    return [f"wrote {png}", f"wrote {html}", *holdout]

@@ -309,6 +309,19 @@ class Workspace:
         diff = self.diff(parent, commit)
         return Candidate(parent, commit, tree, diff, hashlib.sha256(diff.encode()).hexdigest(), paths)
 
+    def replay(self, candidate: Candidate, onto: str) -> Candidate | None:
+        """The candidate's change applied on top of ONTO (a best that moved while it ran), as a new
+        commit whose parent is ONTO, by a three-way merge of the trees; None if they conflict."""
+        merged = subprocess.run(["git", "merge-tree", "--write-tree", onto, candidate.commit], cwd=self.root,
+                                capture_output=True, text=True, env={**os.environ, **_AUTHOR_ENV})
+        if merged.returncode != 0:
+            return None
+        tree = merged.stdout.split()[0]
+        message = git("log", "-1", "--format=%B", candidate.commit, cwd=self.root).strip()
+        commit = git("commit-tree", tree, "-p", onto, "-m", message or "(no description)", cwd=self.root, env=_AUTHOR_ENV).strip()
+        diff = self.diff(onto, commit)
+        return Candidate(onto, commit, tree, diff, hashlib.sha256(diff.encode()).hexdigest(), candidate.changed)
+
     def diff(self, parent: str, commit: str) -> str:
         return git("diff", "--binary", parent, commit, cwd=self.root)
 

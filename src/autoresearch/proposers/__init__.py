@@ -29,6 +29,9 @@ class Context:
     run_dir: Path  # .autoresearch/runs/<id>/: save prompts and replies here
     experiment_id: int
     feedback: str = ""  # why the previous proposal for this id was refused (e.g. a duplicate)
+    # Experiments running right now on other workers (id, description, proposal): not yet measured,
+    # so not in `history`; propose something else than they try.
+    in_flight: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -53,9 +56,11 @@ class Proposer(ABC):
     def observe(self, record: dict[str, Any]) -> None:
         """Called with the ledger record of each experiment this proposer proposed, after judging."""
 
-    def learn_from(self, dirs: list[Path]) -> bool:
+    def learn_from(self, dirs: list[Path], warn: Any = None) -> bool:
         """Learn from the ledgers of other runs (read-only; nothing of theirs is recorded here).
-        Returns False where this proposer does not (yet): llm, agent and hybrid ignore them."""
+        WARN, when given, is told in one sentence about each folder skipped and why. tune warm-starts
+        its sampler; llm and agent show a digest of them in their prompt (proposers/digest.py);
+        hybrid does both. Returns False where a proposer does not learn from other runs."""
         return False
 
     def close(self) -> None:
@@ -77,6 +82,6 @@ def create(config: Config, history: list[dict[str, Any]], *, learn_from: list[Pa
     module_name, cls_name = _KINDS[config.proposer.kind].split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     proposer = cls(config, history)
-    if learn_from and not proposer.learn_from(list(learn_from)) and warn is not None:
+    if learn_from and not proposer.learn_from(list(learn_from), warn=warn) and warn is not None:
         warn(f"the {proposer.name} proposer does not learn from other runs yet; --learn-from is ignored")
     return proposer

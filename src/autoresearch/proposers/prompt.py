@@ -2,8 +2,9 @@
 
 The parts, in order: the experiment's program.md (the human's research instructions), the
 experiment's settings, the full text of the editable files, the protected files as read-only
-context (size-capped), a compact history from the ledger, and the reply format. Nothing here
-reads environment variables, so no key can end up in a prompt file.
+context (size-capped), a compact history from the ledger, what other runs learned (only with
+`--learn-from`, labelled as not measured here), and the reply format. Nothing here reads
+environment variables, so no key can end up in a prompt file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..config import Config
 from . import Context
+from .digest import TITLE as LEARNED_TITLE
 from .edits import DIVIDER, REPLACE_MARK, SEARCH_MARK
 
 PROTECTED_CAP_EACH = 6000  # characters shown per protected file
@@ -193,8 +195,21 @@ def reply_format(json_mode: bool, files: dict[str, str]) -> str:
     )
 
 
-def build_prompt(ctx: Context, *, json_mode: bool = False, history: int | None = None) -> tuple[str, str]:
-    """(system, user) messages for one experiment."""
+def learned_section(learned: str) -> str:
+    """The digest of other runs as its own section, apart from this run's history; "" if none."""
+    return f"# {LEARNED_TITLE}\n\n{learned.strip()}" if learned.strip() else ""
+
+
+def running_section(ctx: Context) -> str:
+    """The experiments other workers are running now: not measured yet, so try something else."""
+    lines = ["# Running now (other workers; not measured yet: do not propose the same change)", ""]
+    for e in ctx.in_flight:
+        lines.append(f"- #{e['id']} {' '.join(str(e.get('description', '')).split())[:160]}")
+    return "\n".join(lines)
+
+
+def build_prompt(ctx: Context, *, json_mode: bool = False, history: int | None = None, learned: str = "") -> tuple[str, str]:
+    """(system, user) messages for one experiment. LEARNED: the digest of other runs, if any."""
     cfg = ctx.config
     n = cfg.proposer.history if history is None else history
     goal = "higher is better" if cfg.maximize else "lower is better"
@@ -222,6 +237,10 @@ def build_prompt(ctx: Context, *, json_mode: bool = False, history: int | None =
         sections.append("# Read-only context (protected files: never edit them)\n\n" + protected)
 
     sections.append("# History\n\n" + format_history(ctx, n))
+    if ctx.in_flight:
+        sections.append(running_section(ctx))
+    if learned_section(learned):
+        sections.append(learned_section(learned))
 
     task = [f"Propose experiment #{ctx.experiment_id}: one change to the editable files that you expect to improve {cfg.metric.name}."]
     if ctx.feedback:
@@ -239,8 +258,9 @@ def render(system: str, messages: list[dict[str, str]]) -> str:
     return "\n".join(parts)
 
 
-def build_agent_prompt(ctx: Context) -> str:
-    """The prompt file for an external coding agent: it reads the files itself, so only paths are named."""
+def build_agent_prompt(ctx: Context, learned: str = "") -> str:
+    """The prompt file for an external coding agent: it reads the files itself, so only paths are named.
+    LEARNED: the digest of other runs, if any."""
     cfg = ctx.config
     goal = "higher is better" if cfg.maximize else "lower is better"
     editable = ", ".join(sorted(ctx.files)) or ", ".join(cfg.experiment.editable)
@@ -260,7 +280,12 @@ def build_agent_prompt(ctx: Context) -> str:
         lines.append(f"- protected files (read them if useful, never change them): {', '.join(cfg.experiment.protected)}")
     if ctx.noise is not None:
         lines.append(f"- noise (run-to-run std near the current best): {_fmt(ctx.noise)}")
-    lines += ["", "# History", "", format_history(ctx, cfg.proposer.history), "", "# Your task", ""]
+    lines += ["", "# History", "", format_history(ctx, cfg.proposer.history), ""]
+    if ctx.in_flight:
+        lines += [running_section(ctx), ""]
+    if learned_section(learned):
+        lines += [learned_section(learned), ""]
+    lines += ["# Your task", ""]
     lines.append(
         f"Make experiment #{ctx.experiment_id}: edit the editable files in the current directory with one change you "
         f"expect to improve {cfg.metric.name}. Change no other file, do not commit, and do not run the experiment: "

@@ -23,13 +23,28 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, SpaceSpec
-from ..errors import ConfigError, ProposalInvalid, UserError
+from ..errors import ConfigError, ProposalInvalid
 from ..knobs import Knob, Number, find_knobs, format_value, rewrite, same_literal
 from . import Context, Proposal, Proposer
 
 # Statuses whose metric was measured on the code that ran; everything else that ran is a failure.
 _MEASURED = ("baseline", "keep", "discard", "suspicious")
 _NOT_RUN = ("interrupted",)
+_STOPPED_EARLY = ("pruned", "screened_out")  # told to Optuna as PRUNED, with how far they got
+
+
+def _early_values(rec: dict[str, Any]) -> dict[int, float]:
+    """The intermediate values of a run stopped early (its pruned curve, or its screening score at
+    step 0), as Optuna steps; the pruned trial's rank among pruned ones comes from them."""
+    for run in rec.get("runs") or []:
+        if run.get("curve"):
+            out = {}
+            for p, v in run["curve"]:
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    out[int(p * 100)] = float(v)
+            return out
+    screen = (rec.get("screen") or {}).get("metric")
+    return {0: float(screen)} if isinstance(screen, (int, float)) and math.isfinite(screen) else {}
 _MAX_RESAMPLES = 40
 # Measured on examples/quickstart (12 seeds x 20 experiments, `python benchmarks/tune_quickstart.py
 # --simulate`, with the earlier pooled-noise judge): TPE over every knob at once with 5 startup
@@ -306,19 +321,13 @@ class Prior:
 
 
 def read_priors(dirs: list[Path], config: Config) -> list[Prior]:
-    """The tune-readable experiments of other runs, read (never written) through their ledgers."""
-    from ..ledger import Ledger
+    """The tune-readable experiments of other runs, read (never written) through their ledgers.
+    A folder that is not a run of this metric is an error here: tune was asked to start from it."""
+    from .digest import read_run
 
     out: list[Prior] = []
     for d in dirs:
-        ledger = Ledger(Path(d) / ".autoresearch")
-        header = ledger.header() if ledger.exists() else None
-        if header is None:
-            raise UserError(f"{d} has no run to learn from (no {ledger.path}); give the folder of an earlier `autoresearch run`")
-        if header.get("metric") != config.metric.name or header.get("goal") != config.metric.goal:
-            raise UserError(f"{ledger.path} measures {header.get('metric')} ({header.get('goal')}), this run "
-                            f"{config.metric.name} ({config.metric.goal}); learn only from runs of the same metric")
-        records = ledger.experiments()
+        records = read_run(Path(d), config).records
         vectors = record_vectors(records)
         for rec in records:
             if rec["id"] in vectors and rec.get("status") not in _NOT_RUN:
@@ -354,7 +363,7 @@ class TuneProposer(Proposer):
         self._journal: Any = None  # the mirror of the study for optuna-dashboard
         self._journal_path: Path | None = None
 
-    def learn_from(self, dirs: list[Path]) -> bool:
+    def learn_from(self, dirs: list[Path], warn: Any = None) -> bool:
         """Warm-start the sampler with the trials of other runs of this experiment."""
         self._priors = read_priors(dirs, self.config)
         sign = -1 if self.config.maximize else 1
@@ -405,6 +414,9 @@ class TuneProposer(Proposer):
             attrs["learned_from"] = source
         if rec.get("status") in _MEASURED and isinstance(metric, (int, float)) and math.isfinite(metric):
             return self._optuna.trial.create_trial(params=params, distributions=dists, value=float(metric), user_attrs=attrs)
+        if rec.get("status") in _STOPPED_EARLY:
+            return self._optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.PRUNED, user_attrs=attrs,
+                                                   intermediate_values=_early_values(rec))
         return self._optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.FAIL, user_attrs=attrs)
 
     def _add_known(self) -> None:
@@ -477,7 +489,11 @@ class TuneProposer(Proposer):
                     seed=seed,
                     warn_independent_sampling=False,
                 )
-            return samplers.TPESampler(seed=seed, n_startup_trials=_TPE_STARTUP, multivariate=True)
+            # constant_liar: with several workers, trials still running count as if they scored badly,
+            # so parallel asks spread out instead of proposing the same point twice.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return samplers.TPESampler(seed=seed, n_startup_trials=_TPE_STARTUP, multivariate=True, constant_liar=True)
 
     def _rebuild(self, current: dict[str, Number], exp_id: int, name: str = "autoresearch") -> None:
         """A fresh study over the current space, holding every past experiment that fits in it
@@ -691,6 +707,11 @@ class TuneProposer(Proposer):
             return
         if status in _MEASURED and isinstance(metric, (int, float)) and math.isfinite(metric):
             self._study.tell(trial, float(metric))
+        elif status in _STOPPED_EARLY:
+            # Optuna ranks pruned trials below every finished one, by how far they got: what they are.
+            for step, value in _early_values(record).items():
+                trial.report(value, step)
+            self._study.tell(trial, state=TrialState.PRUNED)
         else:
             self._study.tell(trial, state=TrialState.FAIL)
         vec = self._record_vector(record)

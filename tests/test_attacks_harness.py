@@ -151,6 +151,7 @@ STRETCH = textwrap.dedent('''\
 ''')
 
 
+@pytest.mark.slow  # 28 s of wall clock: the budget must be long enough for 10% + 2 s to be less than a third
 def test_a_run_that_stretches_its_budget_by_a_third_is_over_budget(tmp_path):
     root = make_experiment(tmp_path / "e", train=STRETCH, budget="12s", timeout="60s", baseline_runs=1)
     s = open_session(root)

@@ -38,6 +38,7 @@ def _kill_and_restart(tmp_path: Path, *, experiments: int, min_kills: int, seed:
     return summary
 
 
+@pytest.mark.slow  # 18 s; the default suite keeps SIGKILL with four workers (test_workers.py)
 def test_sigkill_at_random_points_loses_nothing(tmp_path):
     summary = _kill_and_restart(tmp_path, experiments=12, min_kills=10, seed=11)
     assert summary.problems == [] and summary.records_lost == 0, "\n".join(summary.lines())

@@ -198,6 +198,7 @@ def test_expected_cost_is_the_readme_formula_on_a_hand_computed_case(trained, wh
     assert r["savings"] == pytest.approx(1 - 1320 / 640)
 
 
+@pytest.mark.slow  # the default suite keeps the split, the cost, the metrics and the hidden split
 def test_the_threshold_is_train_pys_to_choose(trained, tmp_path):
     """A higher threshold flags fewer: recall falls; the evaluator takes the threshold as saved."""
     art = tmp_path / "art"
@@ -210,6 +211,7 @@ def test_the_threshold_is_train_pys_to_choose(trained, tmp_path):
     assert results[0]["recall"] > results[1]["recall"] and results[0]["flag_rate"] > results[1]["flag_rate"]
 
 
+@pytest.mark.slow  # the default suite keeps the split, the cost, the metrics and the hidden split
 def test_evaluator_rejects_what_it_cannot_score_in_one_sentence(trained, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(trained["artifacts"], art)
@@ -230,6 +232,7 @@ def test_evaluator_rejects_what_it_cannot_score_in_one_sentence(trained, tmp_pat
     assert proc.returncode == 3 and "model.txt not found" in proc.stdout
 
 
+@pytest.mark.slow  # the default suite keeps the split, the cost, the metrics and the hidden split
 def test_training_stops_boosting_when_the_budget_is_spent(wheel_cache, tmp_path):
     exp = copy_example(tmp_path / "fraud", ROUNDS="100000", NUM_LEAVES="63")
     env = env_for(wheel_cache, AUTORESEARCH_ARTIFACTS=str(tmp_path / "a"), AUTORESEARCH_BUDGET_S="2")
@@ -242,6 +245,7 @@ def test_training_stops_boosting_when_the_budget_is_spent(wheel_cache, tmp_path)
     assert (tmp_path / "a" / "model.txt").is_file()
 
 
+@pytest.mark.slow  # the default suite keeps the split, the cost, the metrics and the hidden split
 def test_same_seed_same_model_another_seed_another(wheel_cache, tmp_path):
     exp = copy_example(tmp_path / "fraud")
     costs = []
@@ -268,6 +272,7 @@ def card_csv(path: Path, n: int = 3000, seed: int = 0) -> Path:
     return path
 
 
+@pytest.mark.slow  # the default suite keeps the split, the cost, the metrics and the hidden split
 def test_a_card_fraud_csv_needs_no_configuration(tmp_path):
     csv_path = card_csv(tmp_path / "creditcard.csv")
     env = env_for(tmp_path / "cache", AUTORESEARCH_DATA=str(csv_path), AUTORESEARCH_ARTIFACTS=str(tmp_path / "a"))
@@ -285,6 +290,7 @@ def test_a_card_fraud_csv_needs_no_configuration(tmp_path):
     assert proc.returncode == 0 and m["auc"] > 0.9, proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # the default suite keeps the split, the cost, the metrics and the hidden split
 def test_bad_input_gets_one_clear_sentence(tmp_path):
     env = env_for(tmp_path / "cache")
     (tmp_path / "other.csv").write_text("a,b,label\n1,2,0\n3,4,1\n")

@@ -339,6 +339,7 @@ def test_tune_runs_the_quickstart_through_the_loop(tmp_path):
                                                for r in records]
 
 
+@pytest.mark.slow  # two real runs (20 s); test_learn_digest.py covers the warm start in the default suite
 def test_learn_from_warm_starts_tune_and_never_records_the_other_run(tmp_path):
     from autoresearch.ledger import Ledger
     from autoresearch.loop import run_loop

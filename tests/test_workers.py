@@ -84,7 +84,7 @@ def test_a_winner_whose_best_moved_is_replayed_onto_the_new_best_and_run_again(t
     s.measure_baseline()
     # X wins first (fast); Y wins too but lands later, on a best that has moved: its change is
     # merged onto the new best and measured there before it is kept.
-    landed = coordinate(s, [edit(X=1.0), edit(Y=1.0, SLEEP=2.0)])
+    landed = coordinate(s, [edit(X=1.0), edit(Y=1.0, SLEEP=1.2)])
     by_id = {r["id"]: r for r in landed}
     first, second = by_id[1], by_id[2]
     assert first["status"] == "keep"
@@ -102,7 +102,7 @@ def test_a_winner_whose_change_no_longer_applies_is_a_conflict_and_never_kept(tm
     root = make_experiment(tmp_path / "exp", train=TRAIN)
     s = open_session(root)
     s.measure_baseline()
-    landed = coordinate(s, [edit(X=1.0), edit(X=1.2, SLEEP=2.0)])
+    landed = coordinate(s, [edit(X=1.0), edit(X=1.2, SLEEP=1.2)])
     by_id = {r["id"]: r for r in landed}
     assert by_id[1]["status"] == "keep"
     assert by_id[2]["status"] == "conflict" and "no longer applies" in by_id[2]["reason"]
@@ -190,3 +190,49 @@ def test_ctrl_c_with_workers_records_every_running_experiment_as_interrupted(tmp
     assert all("Ctrl-C" in r["reason"] for r in exps[1:])
     assert not list(pending.glob("*.json"))
     assert cli("verify", root).returncode == 0
+
+
+@pytest.mark.slow  # 16 s: four confined agent runs
+def test_with_workers_each_worker_runs_its_own_agent_in_its_own_checkout(tmp_path):
+    """The `agent` proposer takes minutes in a checkout: with two workers, two agents write their
+    changes at the same time, each in its worker's agent checkout, from the best when it began."""
+    from autoresearch.loop import run_loop
+    from autoresearch.progress import Progress
+
+    agent = tmp_path / "agentbin" / "agent.py"
+    agent.parent.mkdir()
+    agent.write_text(
+        "import os, re, sys, time\nfrom pathlib import Path\n"
+        "prompt = Path(sys.argv[1]).read_text()\n"
+        "n = int(re.search(r'Make experiment #(\\d+)', prompt).group(1))\n"
+        "print(f'AGENT {n} start {time.time()} {os.getcwd()}', flush=True)\n"
+        "time.sleep(1.0)\n"
+        "text = Path('train.py').read_text()\n"
+        "Path('train.py').write_text(re.sub(r'^Y = .*$', f'Y = {1.0 + 0.1 * n}', text, flags=re.M))\n"
+        "print(f'AGENT {n} end {time.time()}')\n"
+        "print(f'DESCRIPTION: Y -> {1.0 + 0.1 * n}')\n")
+    root = make_experiment(tmp_path / "exp", train=TRAIN)
+    toml = (root / "autoresearch.toml").read_text()
+    (root / "autoresearch.toml").write_text(toml + f'''
+[proposer]
+kind = "agent"
+command = "{sys.executable} {agent} {{prompt_file}}"
+agent_timeout = "60s"
+agent_paths = ["{agent.parent}"]
+''')
+    from conftest import git
+
+    git(root, "commit", "-qam", "agent proposer")
+    summary = run_loop(root, max_experiments=4, progress=Progress(quiet=True), resources={"workers": 2})
+    assert summary.experiments == 4
+    exps = records(root)
+    assert sorted(r["id"] for r in exps) == [0, 1, 2, 3, 4]
+    assert all(r["proposer"] == "agent" and r["status"] in ("keep", "discard", "conflict") for r in exps[1:]), exps
+    lines = [line.split()[1:] for out in (root / ".autoresearch" / "runs").glob("*/agent.stdout")
+             for line in out.read_text().splitlines() if line.startswith("AGENT ")]
+    starts = {int(n): float(t) for n, what, t, *_ in lines if what == "start"}
+    ends = {int(n): float(t) for n, what, t, *_ in lines if what == "end"}
+    assert any(starts[a] < ends[b] and starts[b] < ends[a] for a in starts for b in starts if a < b)  # at once
+    where = {rest[0] for n, what, t, *rest in lines if what == "start"}
+    assert len(where) == 2 and all("/workers/w" in w for w in where)  # each in its worker's own checkout
+    assert_intact(root)

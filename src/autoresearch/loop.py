@@ -60,6 +60,7 @@ class Session:
         self.limits = Limits.default()  # what stops a fork bomb or a runaway file
         self.intents = Intents(self.ws.state)  # write-ahead intents of the experiments in flight
         self.in_flight: dict[int, Experiment] = {}
+        self.reserved: set[int] = set()  # ids promised to a worker's agent that is still writing its change
         self._lock_fh = None
         self._sandbox_warned = False
 
@@ -268,7 +269,7 @@ class Session:
 
     def next_id(self) -> int:
         """The id the next experiment gets: after every recorded one and every one in flight."""
-        return max([self.history.next_id, *[i + 1 for i in self.in_flight]])
+        return max([self.history.next_id, *[i + 1 for i in self.in_flight], *[i + 1 for i in self.reserved]])
 
     # ---- running ---------------------------------------------------------------------------------
     def run_setup(self) -> None:
@@ -439,16 +440,18 @@ def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def _context(session: Session, feedback: str = "") -> Context:
-    exp_id = session.next_id()
+def _context(session: Session, feedback: str = "", *, checkout: Path | None = None, exp_id: int | None = None) -> Context:
+    """What a proposer sees: the code at the best (in the run's worktree, or CHECKOUT: a worker's
+    own agent checkout), the history, and the experiments running now."""
+    exp_id = session.next_id() if exp_id is None else exp_id
     run_dir = session.ws.state / "runs" / str(exp_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     best, best_rec = session.best()
     return Context(
         config=session.config,
         root=session.root,
-        worktree=session.ws.exp_dir,
-        files=session.ws.read_files(session.editable),
+        worktree=session.ws.in_tree(checkout) if checkout else session.ws.exp_dir,
+        files=session.ws.read_files(session.editable, checkout),
         history=session.ledger.experiments(),
         best=best_rec,
         noise=session.noise(),
@@ -457,6 +460,42 @@ def _context(session: Session, feedback: str = "") -> Context:
         feedback=feedback,
         in_flight=[{"id": e.id, "description": e.description, "proposal": e.proposal} for e in session.in_flight.values()],
     )
+
+
+def commit_proposal(session: Session, proposer: Proposer, proposal: Proposal,
+                    checkout: Path | None = None) -> Candidate | dict[str, Any]:
+    """Commit the proposal's edits as a candidate on CHECKOUT's HEAD (the run's worktree: the best),
+    then put the checkout back. Returns the candidate, or the record of an edit that may not run."""
+    try:
+        session.ws.reset(checkout)  # an agent proposer edits the checkout itself; its edits come back as text
+        changed = session.ws.write_edits(proposal.edits, session.config.experiment.editable, checkout)
+        return session.ws.commit_candidate(proposal.description, changed, checkout)
+    except ProposalInvalid as err:
+        rec = session.record_invalid(str(err), description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
+        proposer.observe(rec)
+        return rec
+    finally:
+        session.ws.reset(checkout)
+
+
+def duplicate_feedback(session: Session, proposal: Proposal, seen: int) -> str:
+    session.progress.info(f"proposal identical to experiment {seen}; asking for another")
+    return (f"The proposal '{proposal.description}' produces code identical to experiment {seen}, which already "
+            "ran (or is running). Propose a different change.")
+
+
+def record_duplicate(session: Session, proposer: Proposer, proposal: Proposal, seen: int) -> dict[str, Any]:
+    rec = session.record_invalid(f"duplicate: identical to experiment {seen}, {MAX_DUPLICATE_RETRIES + 1} times",
+                                 description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
+    proposer.observe(rec)
+    return rec
+
+
+def record_no_proposal(session: Session, proposer: Proposer, err: ProposalInvalid) -> dict[str, Any]:
+    rec = session.record_invalid(str(err), description="(no valid proposal)", proposer=proposer.name,
+                                 proposal=err.meta)  # tokens spent still count
+    proposer.observe(rec)
+    return rec
 
 
 def propose(session: Session, proposer: Proposer) -> tuple[Candidate, Proposal] | dict[str, Any]:
@@ -470,31 +509,15 @@ def propose(session: Session, proposer: Proposer) -> tuple[Candidate, Proposal] 
             proposal: Proposal = proposer.propose(ctx)
         except ProposalInvalid as err:
             session.ws.reset()
-            rec = session.record_invalid(str(err), description="(no valid proposal)", proposer=proposer.name,
-                                         proposal=err.meta)  # tokens spent still count
-            proposer.observe(rec)
-            return rec
-        try:
-            session.ws.reset()  # an agent proposer edits the worktree itself; its edits come back as text
-            changed = session.ws.write_edits(proposal.edits, session.config.experiment.editable)
-            candidate = session.ws.commit_candidate(proposal.description, changed)
-        except ProposalInvalid as err:
-            session.ws.reset()
-            rec = session.record_invalid(str(err), description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
-            proposer.observe(rec)
-            return rec
-        finally:
-            session.ws.reset()
+            return record_no_proposal(session, proposer, err)
+        candidate = commit_proposal(session, proposer, proposal)
+        if isinstance(candidate, dict):
+            return candidate
         seen = session.tried_trees().get(candidate.tree)
         if seen is None:
             return candidate, proposal
-        feedback = (f"The proposal '{proposal.description}' produces code identical to experiment {seen}, which already "
-                    "ran (or is running). Propose a different change.")
-        session.progress.info(f"proposal identical to experiment {seen}; asking for another")
-    rec = session.record_invalid(f"duplicate: identical to experiment {seen}, {MAX_DUPLICATE_RETRIES + 1} times",
-                                 description=proposal.description, proposer=proposer.name, proposal=proposal.meta)
-    proposer.observe(rec)
-    return rec
+        feedback = duplicate_feedback(session, proposal, seen)
+    return record_duplicate(session, proposer, proposal, seen)
 
 
 def step(session: Session, proposer: Proposer) -> dict[str, Any]:
@@ -587,7 +610,9 @@ def run_loop(
                             f"{sl.name} cores {','.join(map(str, sl.cpus or []))}"
                             + (f" GPUs {sl.env['CUDA_VISIBLE_DEVICES']}" if "CUDA_VISIBLE_DEVICES" in sl.env else "")
                             for sl in slots))
-                    Coordinator(session, prop, slots, may_start, propose, on_record=landed, backend=backend).run()
+                    Coordinator(session, prop, slots, may_start, propose, on_record=landed, backend=backend,
+                                make_proposer=lambda: create(session.config, session.ledger.experiments(),
+                                                             learn_from=learn_from)).run()
                 while res.workers == 1 and res.backend == "local":
                     if not may_start(done):
                         break

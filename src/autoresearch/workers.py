@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from . import judge as judging
 from .config import ResourcesConfig
-from .errors import UserError
+from .errors import ProposalInvalid, UserError
 from .experiment import Experiment
 from .trial import Measured, Slot
 
@@ -192,6 +192,18 @@ class Running:
     slot: Slot
     future: Future
     replays: int = 0
+    proposer: Any = None  # who proposed it (with per-worker agents, the slot's own)
+
+
+@dataclass
+class Proposing:
+    """A slot whose own agent is writing a change (minutes), in the slot's agent checkout."""
+
+    slot: Slot
+    proposer: Any
+    exp_id: int
+    checkout: Any
+    attempt: int = 0
 
 
 @dataclass
@@ -205,17 +217,31 @@ class Coordinator:
     propose: Callable[[Any, Any], Any]  # loop.propose: (session, proposer) -> (candidate, proposal) or a record
     on_record: Callable[[dict[str, Any]], None] = lambda rec: None
     backend: Any = None  # LocalBackend (default) or RayBackend
+    # A proposer that works in a checkout for minutes (`agent`) runs one instance per worker, each
+    # in the worker's own agent checkout, while the other workers run trials: this makes them.
+    make_proposer: Callable[[], Any] | None = None
     landed: int = 0
     _running: dict[Future, Running] = field(default_factory=dict)
+    _proposing: dict[Future, Proposing] = field(default_factory=dict)
 
     def run(self) -> None:
         s, propose = self.session, self.propose
         free = list(self.slots)
         runner = s.trials
         pool = self.backend = self.backend or LocalBackend(len(self.slots))
+        per_worker = self.make_proposer is not None and getattr(self.proposer, "per_worker", False)
+        agents = ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="autoresearch-agent") if per_worker else None
+        slot_proposers: dict[str, Any] = {}
         try:
             while True:
-                while free and self.should_start(self.landed + len(self._running)):
+                while free and self.should_start(self.landed + len(self._running) + len(self._proposing)):
+                    if per_worker:
+                        slot = free.pop(0)
+                        if slot.name not in slot_proposers:
+                            slot_proposers[slot.name] = self.make_proposer()
+                            slot_proposers[slot.name].cancel = slot.cancel  # Ctrl-C stops its agent too
+                        self._ask(agents, Proposing(slot, slot_proposers[slot.name], s.next_id(), slot.checkout.parent / "agent"))
+                        continue
                     got = propose(s, self.proposer)
                     if isinstance(got, dict):  # could not run; already recorded and observed
                         self.landed += 1
@@ -226,10 +252,15 @@ class Coordinator:
                     exp = s.begin(candidate, description=proposal.description, proposer=self.proposer.name,
                                   proposal=proposal.meta)
                     self._submit(pool, runner, Running(exp, slot, None))  # type: ignore[arg-type]
-                if not self._running:
+                if not self._running and not self._proposing:
                     break
-                done, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
+                done, _ = wait([*self._running, *self._proposing], return_when=FIRST_COMPLETED)
                 for fut in done:
+                    if fut in self._proposing:
+                        asked = self._proposing.pop(fut)
+                        if not self._proposed(asked, fut, agents, pool, runner):
+                            free.append(asked.slot)
+                        continue
                     job = self._running.pop(fut)
                     try:
                         measured = fut.result()
@@ -244,7 +275,7 @@ class Coordinator:
                     if self._replayed(job, pool, runner):
                         continue
                     record = s.conclude(job.exp, keep_checkout=s.ws.worktree)
-                    self.proposer.observe(record)
+                    (job.proposer or self.proposer).observe(record)
                     self.landed += 1
                     self.on_record(record)
                     free.append(job.slot)
@@ -253,6 +284,53 @@ class Coordinator:
             raise
         finally:
             pool.close()
+            if agents is not None:  # at Ctrl-C the slots' cancel event has killed the agents' processes
+                agents.shutdown(wait=True, cancel_futures=True)
+            for prop in slot_proposers.values():
+                prop.close()
+
+    def _ask(self, agents: ThreadPoolExecutor, job: Proposing, feedback: str = "") -> None:
+        """Start the slot's agent on a change to the current best, in the slot's agent checkout."""
+        from .loop import _context
+
+        s = self.session
+        s.reserved.add(job.exp_id)
+        s.ws.scratch_checkout(job.checkout, s.ws.branch_head(s.tag))
+        ctx = _context(s, feedback, checkout=job.checkout, exp_id=job.exp_id)
+        self._proposing[agents.submit(job.proposer.propose, ctx)] = job
+
+    def _proposed(self, job: Proposing, fut: Future, agents: ThreadPoolExecutor, pool: Any, runner: Any) -> bool:
+        """An agent finished: commit its change on the best it started from and run it (True), ask
+        again for a duplicate, or record why it cannot run (False: the slot is free)."""
+        from .loop import MAX_DUPLICATE_RETRIES, commit_proposal, duplicate_feedback, record_duplicate, record_no_proposal
+
+        s = self.session
+        s.reserved.discard(job.exp_id)
+        try:
+            proposal = fut.result()
+        except ProposalInvalid as err:
+            self._landed(record_no_proposal(s, job.proposer, err))
+            return False
+        candidate = commit_proposal(s, job.proposer, proposal, job.checkout)
+        if isinstance(candidate, dict):
+            self._landed(candidate)
+            return False
+        seen = s.tried_trees().get(candidate.tree)
+        if seen is not None and job.attempt < MAX_DUPLICATE_RETRIES:
+            job.attempt += 1
+            self._ask(agents, job, duplicate_feedback(s, proposal, seen))
+            return True
+        if seen is not None:
+            self._landed(record_duplicate(s, job.proposer, proposal, seen))
+            return False
+        exp = s.begin(candidate, description=proposal.description, proposer=job.proposer.name, proposal=proposal.meta,
+                      exp_id=job.exp_id)
+        self._submit(pool, runner, Running(exp, job.slot, None, proposer=job.proposer))  # type: ignore[arg-type]
+        return True
+
+    def _landed(self, record: dict[str, Any]) -> None:
+        self.landed += 1
+        self.on_record(record)
 
     def _submit(self, pool: Any, runner: Any, job: Running) -> None:
         """The experiment's next trial, on its slot (which also readies the slot's checkout)."""

@@ -261,6 +261,8 @@ def not_enforced_text(mode: str, *, fell_back: bool) -> str:
 
 class AgentProposer(Proposer):
     name = "agent"
+    per_worker = True  # minutes in a checkout: with workers, one agent per worker, each in its own
+    cancel: Any = None  # a threading.Event the coordinator sets at Ctrl-C: the agent's processes are killed
 
     def __init__(self, config: Config, history: list[dict[str, Any]]):
         super().__init__(config, history)
@@ -322,7 +324,7 @@ class AgentProposer(Proposer):
             # stdout is the log (the reply, its DESCRIPTION and JSON usage); stderr goes apart
             res = run_process(f"exec 2>{shlex.quote(str(stderr))}\n{cmd}", cwd=worktree, env=env,
                               timeout=self.config.proposer.agent_timeout, log_path=run_dir / "agent.stdout",
-                              sandbox=spec)
+                              sandbox=spec, cancel=self.cancel)
         if stderr.exists():
             shutil.move(str(stderr), run_dir / "agent.stderr")
         else:

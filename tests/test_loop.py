@@ -336,3 +336,19 @@ def test_noise_is_pooled_over_every_repeated_measurement(tmp_path):
     rec = Ledger(root / ".autoresearch").experiments()[-1]
     assert rec["status"] == "keep" and rec["min_delta_used"] == pytest.approx(2 * 0.000707, rel=1e-2)
     assert s.noise() == pytest.approx(0.000707, rel=1e-2)  # two pairs, same spread
+
+
+def test_the_record_type_round_trips_every_record_the_loop_writes(exp):
+    from autoresearch.record import ADVANCES_BEST, ExperimentRecord, History
+
+    s = open_session(exp)
+    s.measure_baseline()
+    step(s, Scripted(s.config, [2.0]))
+    step(s, Scripted(s.config, ["oops("]))
+    recs = Ledger(exp / ".autoresearch").experiments()
+    for rec in recs:
+        again = ExperimentRecord.from_json(rec).to_json()
+        assert {k: v for k, v in rec.items() if k not in ("prev", "sig")} == again
+    history = History(recs)
+    assert history.best["id"] == 1 and history.best["status"] in ADVANCES_BEST
+    assert history.baseline["id"] == 0 and history.next_id == 3 and history.cost == 0.0

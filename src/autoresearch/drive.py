@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
+from .record import ADVANCES_BEST
 
 SOCKET_ENV = "AUTORESEARCH_SOCKET"
 MAX_REQUEST_BYTES = 64 * 1024  # a description is a sentence or two, not a file
@@ -270,7 +271,7 @@ def drive(root: Path, command: list[str], *, progress, max_time: float | None = 
 
     recs = Ledger(session.ws.state).experiments()  # written by the try requests' own sessions
     mine = recs[n_before:]
-    best = next((r["metric"] for r in reversed(recs) if r["status"] in ("baseline", "keep")), None)
+    best = next((r["metric"] for r in reversed(recs) if r["status"] in ADVANCES_BEST), None)
     base = next((r["metric"] for r in recs if r["status"] == "baseline"), None)
     code = None if res is None or res.timed_out or res.interrupted else res.exit_code
     return DriveSummary(session.tag or "", len(mine), sum(r["status"] == "keep" for r in mine), best, base, code,

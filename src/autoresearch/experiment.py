@@ -20,7 +20,7 @@ from . import judge as judging
 from .config import Config
 from .hostinfo import host_info
 from .prune import Rule
-from .record import ExperimentRecord, History
+from .record import ADVANCES_BEST, JUDGED, MEASURED, ExperimentRecord, History
 from .trial import Measured, TrialSpec
 from .workspace import Candidate
 
@@ -184,7 +184,7 @@ class Experiment:
         assert verdict is not None
         basis, runs, exp = self.basis, self.runs, self.config.experiment
         values = [m.outcome.metric for m in runs if m.outcome.metric is not None]
-        metric = verdict.metric if verdict.status in ("baseline", "keep", "discard", "suspicious") else None
+        metric = verdict.metric if verdict.status in MEASURED else None
         first = runs[0] if runs else None
         vram = first.info.get("peak_vram_mb") if first else None
         rss = max((m.info["peak_rss_mb"] for m in runs), default=0.0)
@@ -195,7 +195,7 @@ class Experiment:
             description=self.description, proposer=self.proposer, proposal=self.proposal,
             parent=c.parent, commit=c.commit, tree=c.tree, diff_sha256=c.diff_sha256, changed=c.changed,
             metric=metric, metrics=first.info["metrics"] if first else {}, runs=[m.info for m in runs],
-            best=metric if verdict.status in ("keep", "baseline") else basis.best,
+            best=metric if verdict.status in ADVANCES_BEST else basis.best,
             delta=(metric - basis.best) if (metric is not None and basis.best is not None and not self.baseline) else None,
             memory_gb=round(memory_gb, 3), command=exp.run, start=self.start, end=now(),
         )
@@ -223,7 +223,7 @@ class Experiment:
         if self.baseline:
             record["noise"] = judging.noise_of(values) if verdict.status == "baseline" else None
         last = runs[-1] if runs else (self.screen_runs[-1] if self.screen_runs else None)
-        if verdict.status not in ("baseline", "keep", "discard") and last is not None:
+        if verdict.status not in JUDGED and last is not None:
             record["log_tail"] = last.result.tail()
         record.update(extra or {})
         return record

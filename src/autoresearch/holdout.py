@@ -33,11 +33,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .record import ADVANCES_BEST
+
 if TYPE_CHECKING:
     from .loop import Session
 
 KIND = "holdout"
-SCORED = ("baseline", "keep")  # what is re-scored: the reference and the kept winners
+SCORED = ADVANCES_BEST  # what is re-scored: the reference and the kept winners
 # The holdout gain is "much smaller" than the validation gain below this share of it: the loop
 # then chose its keeps for the luck of the validation split.
 OVERFIT_SHARE = 0.5

@@ -23,6 +23,7 @@ import statistics
 from dataclasses import dataclass
 
 from .config import JudgeConfig
+from .record import JUDGED
 
 FAILURES = ("crash", "timeout", "rejected", "invalid", "interrupted", "over_budget", "suspicious", "pruned", "screened_out")
 
@@ -102,7 +103,7 @@ def _clean_groups(records: list[dict], metric_name: str) -> list[list[tuple[int 
     widens the scatter); the baseline's seeds were not picked, so all of them count."""
     out = []
     for rec in records:
-        if rec.get("status") not in ("baseline", "keep", "discard") or "suspicious" in (rec.get("flags") or ()):
+        if rec.get("status") not in JUDGED or "suspicious" in (rec.get("flags") or ()):
             continue
         runs = repeats(rec, metric_name)
         if rec.get("status") != "baseline":
@@ -238,7 +239,7 @@ def pooled_noise(records: list[dict], metric_name: str) -> float | None:
         return None
     dof, ss = 0, 0.0
     for rec in records:
-        if rec.get("status") not in ("baseline", "keep", "discard"):
+        if rec.get("status") not in JUDGED:
             continue
         values = [v for _, v in repeats(rec, metric_name)]
         if len(values) >= 2:

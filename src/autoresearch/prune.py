@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import PruneConfig
 from .metrics import _NUMBER
+from .record import JUDGED, Status
 
 GRID = 100  # curve steps: one per percent of progress
 MAX_POINTS = GRID + 1
@@ -103,7 +104,7 @@ class Rule:
             return None
         minimize = (config.goal or goal) == "minimize"
         baseline = next((r for r in records if r.get("status") == "baseline"), None)
-        earlier = [r for r in records if r.get("status") in ("baseline", "keep", "discard", "pruned") and _curves(r)]
+        earlier = [r for r in records if r.get("status") in JUDGED | {Status.PRUNED} and _curves(r)]
         return cls(config, minimize, best, baseline, earlier, active)
 
     def watch(self) -> "Watch":

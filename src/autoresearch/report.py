@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .record import ADVANCES_BEST, FAILED
+
 # Status -> colour, shared by the terminal table (rich colour names) and the HTML report (CSS).
 STATUS_STYLE = {
     "baseline": ("bold blue", "#1f6feb"),
@@ -32,7 +34,7 @@ STATUS_STYLE = {
     "screened_out": ("cyan", "#0a7f8c"),
 }
 # Statuses that ran and produced no usable metric: drawn as red crosses at the chart's edge.
-_FAILED = ("crash", "timeout", "over_budget", "rejected")
+_FAILED = FAILED
 _MAX_LABEL = 48
 
 
@@ -80,7 +82,7 @@ def summarize(records: list[dict[str, Any]]) -> Summary:
             s.baseline = float(rec["metric"])
             s.noise = rec.get("noise") if _finite(rec.get("noise")) else None
             s.baseline_runs = len(rec.get("runs") or [])
-        if status in ("baseline", "keep") and _finite(rec.get("metric")):
+        if status in ADVANCES_BEST and _finite(rec.get("metric")):
             s.best, s.best_id = float(rec["metric"]), rec.get("id")
             s.best_description = str(rec.get("description", ""))
     s.counts = dict(counts)
@@ -207,7 +209,7 @@ def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> b
     ids = [r.get("id", i) for i, r in enumerate(records)]
     last_id = max(ids) if ids else 0
     kept = [r for r in records if r.get("status") == "keep" and _finite(r.get("metric"))]
-    measured = [r for r in records if r.get("status") not in ("baseline", "keep") and _finite(r.get("metric"))]
+    measured = [r for r in records if r.get("status") not in ADVANCES_BEST and _finite(r.get("metric"))]
     failed = [r for r in records if r.get("status") in _FAILED and not _finite(r.get("metric"))]
 
     band = None
@@ -242,7 +244,7 @@ def _render_png(records: list[dict[str, Any]], metric_name: str, goal: str) -> b
     # Running best as a step line from the baseline through every keep to the last experiment.
     steps_x, steps_y = [], []
     for r in records:
-        if r.get("status") in ("baseline", "keep") and _finite(r.get("metric")):
+        if r.get("status") in ADVANCES_BEST and _finite(r.get("metric")):
             steps_x.append(r["id"])
             steps_y.append(float(r["metric"]))
     if steps_x:

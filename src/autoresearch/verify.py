@@ -17,6 +17,7 @@ from typing import Any
 
 from .errors import UserError
 from .ledger import Intents, LEDGER_NAME, RESULTS_NAME, Ledger, verify_chain
+from .record import ADVANCES_BEST
 from .timestamp import TOKEN_DIR
 from .workspace import BRANCH_PREFIX, Workspace, git
 
@@ -476,7 +477,7 @@ def rerun(root: Path, *, best: int | None = None, ids: list[int] | None = None, 
     header = ledger.header() or {}
     session.tag = header.get("tag")
     maximize = header.get("goal") == "maximize"
-    candidates = [r for r in exps if r["status"] in ("keep", "baseline") and r.get("metric") is not None]
+    candidates = [r for r in exps if r["status"] in ADVANCES_BEST and r.get("metric") is not None]
     if ids:
         by_id = {r["id"]: r for r in exps}
         bad = [i for i in ids if i not in by_id or by_id[i] not in candidates]

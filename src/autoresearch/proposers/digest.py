@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from ..config import Config
 from ..errors import UserError
+from ..record import FAILED, STOPPED_EARLY
 
 TITLE = "Learned from other runs (not measured in this run)"
 MAX_LINES = 40  # the whole section, over all other runs together
@@ -28,7 +29,7 @@ REASON_CAP = 110  # characters of a failure's reason
 
 # Statuses that say a change did not work there (besides "discard"). "invalid" and "interrupted"
 # never ran, and a "suspicious" result is one the judge did not trust: none of them teach anything.
-_FAILED = ("crash", "timeout", "over_budget", "rejected", "pruned", "screened_out")
+_FAILED = FAILED | STOPPED_EARLY
 
 Warn = Callable[[str], None]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..record import ADVANCES_BEST
 from . import Context
 from .digest import TITLE as LEARNED_TITLE
 from .edits import DIVIDER, REPLACE_MARK, SEARCH_MARK
@@ -121,7 +122,7 @@ def format_history(ctx: Context, n: int) -> str:
     if not history:
         return "No experiments yet."
     out: list[str] = []
-    kept = [r for r in history if r.get("status") in ("baseline", "keep")]
+    kept = [r for r in history if r.get("status") in ADVANCES_BEST]
     counts: dict[str, int] = {}
     for r in history:
         counts[str(r.get("status"))] = counts.get(str(r.get("status")), 0) + 1

@@ -24,13 +24,14 @@ from typing import Any
 
 from ..config import Config, SpaceSpec
 from ..errors import ConfigError, ProposalInvalid
+from ..record import ADVANCES_BEST, MEASURED, STOPPED_EARLY, Status
 from ..knobs import Knob, Number, find_knobs, format_value, rewrite, same_literal
 from . import Context, Proposal, Proposer
 
 # Statuses whose metric was measured on the code that ran; everything else that ran is a failure.
-_MEASURED = ("baseline", "keep", "discard", "suspicious")
-_NOT_RUN = ("interrupted",)
-_STOPPED_EARLY = ("pruned", "screened_out")  # told to Optuna as PRUNED, with how far they got
+_MEASURED = MEASURED
+_NOT_RUN = (Status.INTERRUPTED,)  # dropped from the study; an invalid proposal is told as a failed trial
+_STOPPED_EARLY = STOPPED_EARLY  # told to Optuna as PRUNED, with how far they got
 
 
 def _early_values(rec: dict[str, Any]) -> dict[int, float]:
@@ -369,7 +370,7 @@ class TuneProposer(Proposer):
         sign = -1 if self.config.maximize else 1
         by_run: dict[str, list[Prior]] = {}
         for prior in self._priors:
-            if prior.status in ("keep", "baseline") and prior.metric is not None:
+            if prior.status in ADVANCES_BEST and prior.metric is not None:
                 by_run.setdefault(prior.source, []).append(prior)
         self._queue = [min(kept, key=lambda q: sign * q.metric).vector for kept in by_run.values()]
         return True
@@ -512,9 +513,9 @@ class TuneProposer(Proposer):
         dims = build_space(self._anchor_knobs(knobs), self.config.proposer.space)
         if not _GROW:
             return dims
-        path = [r for r in sorted(self._records.values(), key=lambda r: r["id"]) if r.get("status") in ("baseline", "keep")]
+        path = [r for r in sorted(self._records.values(), key=lambda r: r["id"]) if r.get("status") in ADVANCES_BEST]
         # The other runs' bests first (the space must hold what is tried here first), then ours.
-        vectors = [q.vector for q in self._priors if q.status in ("baseline", "keep")]
+        vectors = [q.vector for q in self._priors if q.status in ADVANCES_BEST]
         vectors += [self._vectors.get(r.get("commit") or "") for r in path] + [{k.key: k.value for k in knobs}]
         for vec in vectors:
             for key, dim in dims.items():

@@ -64,6 +64,31 @@ def git(*args: str, cwd: Path, env: dict[str, str] | None = None, check: bool = 
     return proc.stdout
 
 
+def changed_paths(top: Path, under: str = "") -> list[str]:
+    """Every path (relative to the repository root) that differs from HEAD in the checkout TOP, or
+    only below UNDER: modified, deleted, added, untracked, and both sides of a rename or copy."""
+    out = git("status", "--porcelain=v1", "-z", "--untracked-files=all", *(["--", under] if under else []), cwd=top)
+    entries = out.split("\0")
+    paths: list[str] = []
+    i = 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        xy, path = entry[:2], entry[3:]
+        paths.append(path)
+        if "R" in xy or "C" in xy:  # the original path follows as its own entry
+            paths.append(entries[i])
+            i += 1
+    return list(dict.fromkeys(paths))
+
+
+def is_tracked(top: Path, commit: str, path: str) -> bool:
+    """Whether PATH (repository-relative) exists in COMMIT."""
+    return bool(git("cat-file", "-t", f"{commit}:{path}", cwd=top, check=False).strip())
+
+
 @dataclass
 class Candidate:
     parent: str
@@ -248,21 +273,11 @@ class Workspace:
         return {rel: sha256_file(self.in_tree(checkout or self.worktree, rel)) for rel in rels}
 
     def changed_files(self, checkout: Path) -> list[str]:
-        """Paths (relative to the experiment folder) that differ from HEAD in a checkout, untracked included."""
-        out = git("status", "--porcelain", "-z", "--untracked-files=all", "--", ".", cwd=self.in_tree(checkout))
-        paths = []
-        entries = out.split("\0")
-        i = 0
-        while i < len(entries):
-            entry = entries[i]
-            i += 1
-            if not entry:
-                continue
-            status, path = entry[:2], entry[3:]
-            if status[0] in "RC":  # a rename carries the old path next
-                i += 1
-            paths.append(self._exp_relative(path))
-        return paths
+        """Paths (relative to the experiment folder) that differ from HEAD in a checkout, untracked
+        included, and both sides of a rename."""
+        top = Path(git("rev-parse", "--show-toplevel", cwd=checkout).strip())
+        under = "." if self.rel == "." else self.rel
+        return [self._exp_relative(p) for p in changed_paths(top, under)]
 
     def _exp_relative(self, repo_path: str) -> str:
         if self.rel == ".":

@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from ..runner import ProcessResult, experiment_env, run_process
 from ..sandbox import Limits, SandboxSpec
 from ..signing import key_dir
 from ..workspace import STATE_DIR
+from ..workspace import changed_paths, is_tracked
 from ..workspace import git as workspace_git
 from . import Context, Proposal, Proposer
 from .edits import EditError, check_syntax, is_editable
@@ -74,25 +74,6 @@ def _git(worktree: Path, *args: str, check: bool = True) -> str:
     # Through the workspace's git: it never climbs out of .autoresearch/ into the user's repository,
     # even when an agent deleted the worktree's .git.
     return workspace_git(*args, cwd=worktree, check=check)
-
-
-def changed_paths(worktree: Path) -> list[str]:
-    """Every path that differs from HEAD: modified, deleted, added, untracked, both sides of renames."""
-    out = _git(worktree, "status", "--porcelain=v1", "-z", "--untracked-files=all")
-    entries = out.split("\0")
-    paths: list[str] = []
-    i = 0
-    while i < len(entries):
-        entry = entries[i]
-        i += 1
-        if len(entry) < 4:
-            continue
-        xy, path = entry[:2], entry[3:]
-        paths.append(path)
-        if "R" in xy or "C" in xy:  # the original path follows as its own entry
-            paths.append(entries[i])
-            i += 1
-    return list(dict.fromkeys(paths))
 
 
 def _is_scratch(path: str) -> bool:
@@ -414,14 +395,14 @@ class AgentProposer(Proposer):
                 continue
             shown = rel if rel is not None else "/" + repo_path  # outside the experiment folder: repo-rooted
             if not _is_scratch(repo_path):
-                change = "deleted" if not full.exists() else "modified" if _tracked(top, head, repo_path) else "created"
+                change = "deleted" if not full.exists() else "modified" if is_tracked(top, head, repo_path) else "created"
                 violations.append({"path": shown, "change": change})
             self._restore(top, head, repo_path, None)
         return edits, violations
 
     @staticmethod
     def _restore(top: Path, head: str, repo_path: str, original: str | None) -> None:
-        if _tracked(top, head, repo_path):
+        if is_tracked(top, head, repo_path):
             _git(top, "checkout", "-q", head, "--", repo_path)
             return
         _git(top, "rm", "-q", "--cached", "--ignore-unmatch", "--", repo_path, check=False)
@@ -432,10 +413,6 @@ class AgentProposer(Proposer):
             shutil.rmtree(full)
         elif full.exists() or full.is_symlink():
             full.unlink()
-
-
-def _tracked(worktree: Path, head: str, path: str) -> bool:
-    return subprocess.run(["git", "-C", str(worktree), "cat-file", "-e", f"{head}:{path}"], capture_output=True).returncode == 0
 
 
 def _agent_usage(stdout: str) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def test_the_page_and_its_api_show_the_run_and_leave_every_file_untouched(tmp_pa
     assert snapshot(state) == before
 
 
+@pytest.mark.slow  # 8 s: a live stream while a run goes on
 def test_a_new_experiment_reaches_an_open_event_stream(tmp_path, served):
     root = tmp_path / "exp"
     s = build_run(root)

@@ -130,6 +130,7 @@ def test_malformed_requests_get_one_sentence_refusals(tmp_path):
     assert [r["status"] for r in records(exp)] == ["baseline"]
 
 
+@pytest.mark.slow  # 9 s: a real MCP client and server
 def test_the_mcp_server_offers_the_same_tools_over_the_same_socket(tmp_path):
     pytest.importorskip("mcp")
     exp, agent = experiment(tmp_path)

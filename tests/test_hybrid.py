@@ -122,6 +122,7 @@ def test_llm_failure_is_tagged_and_zero_steps_is_plain_llm(tmp_path):
     assert prop.meta["via"] == "llm" and hp.remaining == 0
 
 
+@pytest.mark.slow  # 9 s: a whole loop; the hybrid's steps are tested above
 def test_loop_on_quickstart_with_hybrid(tmp_path, monkeypatch):
     from autoresearch.ledger import Ledger
     from autoresearch.loop import run_loop

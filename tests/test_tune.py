@@ -248,6 +248,29 @@ def test_the_study_is_mirrored_to_an_optuna_journal(tmp_path):
     assert [(t.user_attrs["experiment"], t.value) for t in study.trials] == [(0, 3.0), (1, 3.5)]
 
 
+def test_a_killed_holder_of_the_journal_lock_does_not_stall_the_next_start(tmp_path):
+    # Optuna's own file locks outlive a SIGKILLed holder; the next harness then waited 30 s at every start.
+    import subprocess
+    import sys
+    import threading
+
+    from autoresearch.proposers.tune import _flock_journal_lock
+
+    path = tmp_path / "optuna.journal.flock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from autoresearch.proposers.tune import _flock_journal_lock\n"
+        f"_flock_journal_lock(Path({str(path)!r})).acquire(); print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    lock = _flock_journal_lock(path)
+    taken = threading.Event()
+    threading.Thread(target=lambda: lock.acquire() and taken.set(), daemon=True).start()
+    assert taken.wait(10), "the lock of a killed holder still blocks"
+    lock.release()
+
+
 def load_journal(path: Path):
     import optuna
     from optuna.storages import JournalStorage

@@ -38,6 +38,43 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def set_knobs(train: str, items: list[str]) -> str:
+    """train.py's text with each NAME=VALUE hyperparameter rewritten, as the tune proposer would."""
+    for item in items:
+        name, value = item.split("=", 1)
+        train, n = re.subn(rf"^{name} = [^ \n]+", f"{name} = {value}", train, count=1, flags=re.M)
+        if n != 1:
+            raise SystemExit(f"train.py has no knob {name}")
+    return train
+
+
+def wait_for_load(limit: float | None, patience_s: float = 1200) -> None:
+    """Wait (up to patience_s) until the 1-minute load average is below limit: a shared core reads slow."""
+    waited = time.time()
+    while limit is not None and load() >= limit and time.time() - waited < patience_s:
+        time.sleep(10)
+
+
+def run_once(exp: Path, env: dict, *, budget: float, seed: int, artifacts: Path, evaluate: bool = True) -> tuple[dict, str]:
+    """train.py then evaluate.py in `exp`, as the harness runs them: (a JSON-ready row, the whole output)."""
+    run_env = dict(env, AUTORESEARCH_BUDGET_S=str(budget), AUTORESEARCH_SEED=str(seed),
+                   AUTORESEARCH_ARTIFACTS=str(artifacts))
+    load_before, t0 = load(), time.time()
+    tr = subprocess.run([sys.executable, "train.py"], cwd=exp, env=run_env, capture_output=True, text=True)
+    t1 = time.time()
+    ev = subprocess.run([sys.executable, "evaluate.py"] if evaluate else ["true"], cwd=exp, env=run_env,
+                        capture_output=True, text=True)
+    t2 = time.time()
+    row = {"seed": seed, "budget": budget, "train_exit": tr.returncode, "eval_exit": ev.returncode,
+           **numbers(tr.stdout), **numbers(ev.stdout),
+           "train_wall_s": round(t1 - t0, 1), "eval_wall_s": round(t2 - t1, 1), "whole_wall_s": round(t2 - t0, 1),
+           "load_before": load_before, "load_after": load()}
+    log = tr.stdout + tr.stderr + ev.stdout + ev.stderr
+    if tr.returncode or ev.returncode:
+        row["tail"] = log[-1500:]
+    return row, log
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget", type=float, default=300)
@@ -67,41 +104,20 @@ def main() -> int:
         if (cache / "hardware").is_dir() and not (vcache / "hardware").exists():
             shutil.copytree(cache / "hardware", vcache / "hardware")
         env["AUTORESEARCH_CACHE"] = str(vcache)
-    train = (exp / "train.py").read_text()
-    for item in args.set:
-        name, value = item.split("=", 1)
-        train, n = re.subn(rf"^{name} = [^ \n]+", f"{name} = {value}", train, count=1, flags=re.M)
-        if n != 1:
-            raise SystemExit(f"train.py has no knob {name}")
-    (exp / "train.py").write_text(train)
+    (exp / "train.py").write_text(set_knobs((exp / "train.py").read_text(), args.set))
 
     subprocess.run([sys.executable, "prepare.py"], cwd=exp, env=env, check=True)
     results = []
     for seed in args.seeds:
-        art = work / f"art-{seed}"
-        run_env = dict(env, AUTORESEARCH_BUDGET_S=str(args.budget), AUTORESEARCH_SEED=str(seed),
-                       AUTORESEARCH_ARTIFACTS=str(art))
-        waited = time.time()
-        while args.wait_load is not None and load() >= args.wait_load and time.time() - waited < 1200:
-            time.sleep(10)
-        load_before, t0 = load(), time.time()
-        tr = subprocess.run([sys.executable, "train.py"], cwd=exp, env=run_env, capture_output=True, text=True)
-        t1 = time.time()
-        ev = subprocess.run([sys.executable, "evaluate.py"] if not args.no_eval else ["true"], cwd=exp, env=run_env,
-                            capture_output=True, text=True)
-        t2 = time.time()
-        row = {"seed": seed, "budget": args.budget, "set": args.set, "vocab": args.vocab,
-               "train_exit": tr.returncode, "eval_exit": ev.returncode,
-               **numbers(tr.stdout), **numbers(ev.stdout),
-               "train_wall_s": round(t1 - t0, 1), "eval_wall_s": round(t2 - t1, 1), "whole_wall_s": round(t2 - t0, 1),
-               "load_before": load_before, "load_after": load()}
-        if tr.returncode or ev.returncode:
-            row["tail"] = (tr.stdout + tr.stderr + ev.stdout + ev.stderr)[-1500:]
+        wait_for_load(args.wait_load)
+        row, log = run_once(exp, env, budget=args.budget, seed=seed, artifacts=work / f"art-{seed}",
+                            evaluate=not args.no_eval)
+        row.update({"set": args.set, "vocab": args.vocab})
         if args.logs:
             logs = Path(args.logs)
             logs.mkdir(parents=True, exist_ok=True)
             label = "-".join([f"seed{seed}", f"b{args.budget:g}", *(s.replace("=", "") for s in args.set)])
-            (logs / f"{label}.log").write_text(tr.stdout + tr.stderr + ev.stdout + ev.stderr)
+            (logs / f"{label}.log").write_text(log)
         print(json.dumps(row), flush=True)
         results.append(row)
         if args.out:

@@ -264,6 +264,7 @@ print(f"DESCRIPTION: LEARNING_RATE {value:g} -> {new:.6g}")
 '''
 
 
+@pytest.mark.slow  # 11 s: a real agent process per experiment; the default suite keeps try with an agent (test_cli)
 def test_loop_on_quickstart_with_agent(tmp_path):
     from autoresearch.ledger import Ledger
     from autoresearch.loop import run_loop

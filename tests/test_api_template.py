@@ -124,6 +124,7 @@ def test_the_service_tests_pass_on_the_shipped_service():
     assert re.search(r"\b8 passed\b", res.stdout), res.stdout
 
 
+@pytest.mark.slow  # 15 s; the default suite keeps the service, its tests and its metrics
 @pytest.mark.timeout(900)  # a real session: a baseline and three candidates, each loaded and checked
 def test_stale_or_wrong_fast_answers_are_discarded_by_the_error_constraint(tmp_path):
     root = small_api(tmp_path, guard=False)

@@ -187,6 +187,7 @@ def test_the_dashboard_command_prints_its_address_serves_and_stops_cleanly_on_ct
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 
+@pytest.mark.slow  # 8 s: a whole run, then the report
 def test_report_writes_one_self_contained_page_with_diffs_and_logs(tmp_path):
     root = tmp_path / "exp"
     build_run(root)

@@ -267,20 +267,63 @@ def test_training_batches_leave_the_holdout_out(prepared, monkeypatch):
     assert all(torch.equal(row, first[:-1]) for row in x) and all(torch.equal(row, first[1:]) for row in y)
 
 
-def test_cpu_attention_matches_sdpa(monkeypatch):
-    """train.py's CPU attention (plain matmuls, float32 softmax) computes what SDPA's causal kernel does."""
+def train_head(monkeypatch):
+    """train.py's imports, knobs, model and optimizer classes, executed without the training below them."""
     monkeypatch.syspath_prepend(str(EXAMPLE))
     head = (EXAMPLE / "train.py").read_text().split("\n# Setup:", 1)[0]
     module = type(sys)("train_head")
     monkeypatch.setitem(sys.modules, "train_head", module)  # @dataclass looks its module up
-    exec(compile(head, "train.py", "exec"), module.__dict__)  # imports, knobs and the model; no training
-    attention = module.causal_attention
+    exec(compile(head, "train.py", "exec"), module.__dict__)
+    return module
+
+
+def test_cpu_attention_matches_sdpa(monkeypatch):
+    """train.py's CPU attention (plain matmuls, float32 softmax) computes what SDPA's causal kernel does."""
+    attention = train_head(monkeypatch).causal_attention
     q, k, v = torch.randn(3, 2, 4, 16, 8).unbind(0)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(attention(q, k, v), expected, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
     assert torch.allclose(got.float(), expected, atol=0.05)
+
+
+def test_rotary_positions_make_attention_scores_depend_on_the_offset_only(monkeypatch):
+    train = train_head(monkeypatch)
+    cos, sin = train.rotary_tables(32, 16)
+    q, k = torch.randn(2, 1, 1, 1, 16).unbind(0)
+    q, k = q.expand(1, 1, 32, 16), k.expand(1, 1, 32, 16)  # the same vectors at every position
+    scores = train.rotate(q, cos, sin) @ train.rotate(k, cos, sin).transpose(-2, -1)  # (32, 32)
+    for offset in (0, 1, 5):
+        diagonal = scores[0, 0].diagonal(-offset)
+        assert torch.allclose(diagonal, diagonal[0].expand_as(diagonal), atol=1e-4)
+    assert not torch.allclose(scores[0, 0, 5, 5], scores[0, 0, 5, 0], atol=1e-3)  # yet the offset matters
+
+
+def test_muon_orthogonalises_its_updates(monkeypatch):
+    """Newton-Schulz turns any gradient into (approximately) U V^T of its SVD, wide or tall."""
+    train = train_head(monkeypatch)
+    for shape in ((64, 256), (256, 64), (96, 96)):
+        g = torch.randn(shape) * torch.logspace(-1, 1, shape[1])  # singular values spread over 100x
+        o = train.orthogonalize(g, torch.float32)
+        assert o.shape == g.shape
+        singular = torch.linalg.svdvals(o)
+        # no direction grows past ~1 and most land near it: the update moves every direction alike
+        assert singular.max() < 1.25 and singular.median() > 0.6, singular
+        u, _, vh = torch.linalg.svd(g, full_matrices=False)
+        assert torch.nn.functional.cosine_similarity((u @ vh).flatten(), o.flatten(), dim=0) > 0.9
+
+
+def test_the_model_caps_its_logits_and_puts_value_embeddings_on_alternating_layers(monkeypatch):
+    train = train_head(monkeypatch)
+    config = train.GPTConfig(vocab_size=64, seq_len=16, depth=4, width=32, head_dim=16, mlp_ratio=2)
+    model = train.GPT(config)
+    assert sorted(model.value_embeds) == ["1", "3"]  # every other layer, the last one included
+    assert [b.attn.ve_gate is not None for b in model.blocks] == [False, True, False, True]
+    with torch.no_grad():
+        model.lm_head.weight.fill_(10.0)  # logits far beyond the cap
+        logits = model(torch.randint(0, 64, (2, 16)))
+    assert logits.shape == (2, 16, 64) and logits.abs().max() <= train.SOFTCAP
 
 
 def test_training_process_never_opens_validation_files(prepared, trained):
@@ -354,8 +397,9 @@ def patched_train(dest: Path, after: str, patch: str, **knobs: str) -> Path:
     return exp
 
 
+@pytest.mark.slow  # 16 s: a training run and an evaluation; the default suite keeps the honest model's probe
 def test_a_model_that_leaks_the_next_token_at_one_position_is_rejected(prepared, tmp_path):
-    exp = patched_train(tmp_path / "leaky", "        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))\n",
+    exp = patched_train(tmp_path / "leaky", "        x = x0 = norm(self.wte(idx))\n",
                         LEAK_ONE_POSITION)
     env = env_for(prepared["cache"], prepared["corpus"], AUTORESEARCH_BUDGET_S="2",
                   AUTORESEARCH_ARTIFACTS=str(tmp_path / "artifacts"))
@@ -367,6 +411,7 @@ def test_a_model_that_leaks_the_next_token_at_one_position_is_rejected(prepared,
     assert "val_bpb" not in proc.stdout
 
 
+@pytest.mark.slow  # 20 s: one evaluator process per cheat
 def test_evaluator_refuses_cheats_and_unsafe_archives(prepared, trained, tmp_path):
     vocab = json.loads((corpus_dir(prepared) / "manifest.json").read_text())["vocab_size"]
     src = trained["artifacts"] / "model.pt2"

@@ -395,6 +395,7 @@ def test_learn_from_warm_starts_tune_and_never_records_the_other_run(tmp_path):
     assert [t.user_attrs["experiment"] for t in study.trials] == [0, 1]  # only this run's records
 
 
+@pytest.mark.slow  # 6 s: two whole runs
 def test_learn_from_a_run_of_another_metric_is_one_clear_error(tmp_path):
     from autoresearch.templates import init
 

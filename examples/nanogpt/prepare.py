@@ -820,8 +820,11 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def _best_seconds(fn, repeats: int, limit_s: float = 5.0) -> float:
+def _best_seconds(fn, repeats: int, limit_s: float = 5.0, enough_s: float = float("inf")) -> float:
+    t_start = time.perf_counter()
     fn()  # warm up: kernel selection, caches
+    if time.perf_counter() - t_start > enough_s:  # already far slower than what it is compared with
+        return time.perf_counter() - t_start
     best, t_start = float("inf"), time.perf_counter()
     for _ in range(repeats):
         t = time.perf_counter()
@@ -849,8 +852,9 @@ def measure_matmul_peak(device: str, dtype: torch.dtype) -> float:
     return best
 
 
-def measure_step_seconds(device: str, dtype: torch.dtype) -> float:
-    """One forward+backward of a small transformer-shaped MLP stack, under autocast to dtype."""
+def measure_step_seconds(device: str, dtype: torch.dtype, enough_s: float = float("inf")) -> float:
+    """One forward+backward of a small transformer-shaped MLP stack, under autocast to dtype (a
+    first step slower than enough_s is the answer: a CPU without fast bf16 takes 20 s otherwise)."""
     torch.manual_seed(0)
     width = 512
     layers = [torch.nn.Linear(width, 4 * width) if i % 2 == 0 else torch.nn.Linear(4 * width, width) for i in range(4)]
@@ -863,7 +867,7 @@ def measure_step_seconds(device: str, dtype: torch.dtype) -> float:
         loss.backward()
         if device == "cuda":
             torch.cuda.synchronize()
-    return _best_seconds(step, repeats=5, limit_s=10.0)
+    return _best_seconds(step, repeats=5, limit_s=10.0, enough_s=enough_s)
 
 
 def hardware(remeasure: bool = False, verbose: bool = False) -> dict:
@@ -890,7 +894,7 @@ def hardware(remeasure: bool = False, verbose: bool = False) -> dict:
         # bf16 autocast is several times faster on CPUs with AMX and far slower on CPUs without
         # fast bf16, so measure instead of guessing.
         fp32 = measure_step_seconds("cpu", torch.float32)
-        bf16 = measure_step_seconds("cpu", torch.bfloat16)
+        bf16 = measure_step_seconds("cpu", torch.bfloat16, enough_s=4 * fp32)
         dtype = "bfloat16" if bf16 < 0.9 * fp32 else "float32"
         info["step_seconds"] = {"float32": fp32, "bfloat16": bf16}
     info["dtype"] = dtype

@@ -26,21 +26,25 @@ from prepare import (EVAL_BATCH_SIZE, SEQ_LEN, Tokenizer, autocast_dtype, hardwa
 # ---------------------------------------------------------------------------
 # Hyperparameters (int and float literals: the `tune` proposer searches them)
 
-DEPTH = 2               # transformer blocks
+DEPTH = 4               # transformer blocks
 WIDTH = 256             # model dimension
-HEAD_DIM = 64           # dimension per attention head
+HEAD_DIM = 128          # dimension per attention head
 MLP_RATIO = 4           # hidden width of the MLP, as a multiple of WIDTH
-BATCH_SIZE = 16         # sequences of SEQ_LEN tokens per step
-LEARNING_RATE = 0.002   # peak AdamW learning rate for the blocks
-EMBED_LR = 0.02         # peak learning rate for the embeddings and the output head
-WEIGHT_DECAY = 0.1      # AdamW weight decay on the matrices of the blocks
+BATCH_SIZE = 16         # sequences of SEQ_LEN tokens per optimizer step
+MATRIX_LR = 0.04        # Muon learning rate for the matrices of the blocks
+EMBED_LR = 0.6          # AdamW learning rate for the token and value embeddings (x 1/sqrt(WIDTH/768))
+UNEMBED_LR = 0.004      # AdamW learning rate for the output head (x 1/sqrt(WIDTH/768))
+SCALAR_LR = 0.5         # AdamW learning rate for the per-layer residual mixing scalars
+WEIGHT_DECAY = 0.2      # Muon weight decay at the start, decaying to zero with the learning rate
 ADAM_BETA1 = 0.8        # AdamW momentum
-ADAM_BETA2 = 0.9        # AdamW second-moment decay
-GRAD_CLIP = 3.0         # clip the gradient norm to this (0 turns clipping off)
-WARMUP_RATIO = 0.2      # share of the budget spent raising the learning rate from zero
+ADAM_BETA2 = 0.95       # AdamW second-moment decay
+MUON_MOMENTUM = 0.95    # Muon momentum, ramped up from 0.85 over the first MOMENTUM_WARMUP steps
+MOMENTUM_WARMUP = 300   # steps
+WARMUP_RATIO = 0.0      # share of the budget spent raising the learning rate from zero
 WARMDOWN_RATIO = 0.5    # share of the budget at the end spent decaying it
-FINAL_LR_FRAC = 0.1     # learning rate at the end, as a fraction of the peak
-INIT_STD = 0.035        # standard deviation of the initial weights
+FINAL_LR_FRAC = 0.0     # learning rate at the end, as a fraction of the peak
+SOFTCAP = 15.0          # logits are squashed into (-SOFTCAP, SOFTCAP) by tanh
+X0_LAMBDA = 0.1         # initial weight of the first layer's input mixed back into every block
 
 # On a CUDA GPU these replace DEPTH, WIDTH and BATCH_SIZE (autoresearch.toml leaves them out of the
 # CPU search). An H200 reads the default corpus more than 100 times a minute, so on a GPU the
@@ -50,7 +54,8 @@ GPU_WIDTH = 384
 GPU_BATCH_SIZE = 128
 
 # ---------------------------------------------------------------------------
-# The model: a GPT with pre-norm blocks, causal self-attention and a squared-ReLU MLP
+# The model: a GPT with rotary positions, normalised queries and keys, value embeddings on
+# alternating layers, a squared-ReLU MLP and soft-capped logits
 
 
 @dataclass
@@ -64,23 +69,50 @@ class GPTConfig:
 
 
 def norm(x):
-    return F.rms_norm(x, (x.size(-1),))
+    return F.rms_norm(x, (x.size(-1),))  # no learned gain
+
+
+def has_value_embedding(layer, depth):
+    return layer % 2 == (depth - 1) % 2  # every other layer, the last one included
+
+
+def rotary_tables(seq_len, head_dim, base=10000.0):
+    """cos and sin of each position's rotation angles, shaped to broadcast over (B, heads, T, head_dim / 2)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    return angles.cos()[None, None], angles.sin()[None, None]
+
+
+def rotate(x, cos, sin):
+    """Rotary position embedding: turn each pair of channels by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos + x2 * sin, x2 * cos - x1 * sin], dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
         self.n_head = max(1, config.width // config.head_dim)
-        assert config.width % self.n_head == 0, f"WIDTH {config.width} does not split into {self.n_head} heads"
-        self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
-        self.proj = nn.Linear(config.width, config.width, bias=False)
+        self.head_dim = config.head_dim
+        inner = self.n_head * self.head_dim
+        self.q = nn.Linear(config.width, inner, bias=False)
+        self.k = nn.Linear(config.width, inner, bias=False)
+        self.v = nn.Linear(config.width, inner, bias=False)
+        self.proj = nn.Linear(inner, config.width, bias=False)
+        # How much of this layer's value embedding each head takes, read from the first channels of x.
+        self.gate_channels = min(32, config.width)
+        self.ve_gate = (nn.Linear(self.gate_channels, self.n_head, bias=False)
+                        if has_value_embedding(layer, config.depth) else None)
 
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, -1).transpose(1, 2) for t in (q, k, v))
+    def forward(self, x, ve, cos, sin):
+        B, T, _ = x.shape
+        q, k, v = (f(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2) for f in (self.q, self.k, self.v))
+        if ve is not None:
+            gate = 2 * torch.sigmoid(self.ve_gate(x[..., :self.gate_channels]))  # (B, T, heads), 1 at the start
+            v = v + gate.transpose(1, 2).unsqueeze(-1) * ve.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        q, k = norm(rotate(q, cos, sin)), norm(rotate(k, cos, sin))
         y = causal_attention(q, k, v)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
 def causal_attention(q, k, v):
@@ -106,13 +138,13 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(norm(x))
+    def forward(self, x, ve, cos, sin):
+        x = x + self.attn(norm(x), ve, cos, sin)
         return x + self.mlp(norm(x))
 
 
@@ -120,29 +152,83 @@ class GPT(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
+        inner = max(1, config.width // config.head_dim) * config.head_dim
         self.wte = nn.Embedding(config.vocab_size, config.width)
-        self.wpe = nn.Embedding(config.seq_len, config.width)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
-        self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)
+        self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(config.vocab_size, inner)
+                                           for i in range(config.depth) if has_value_embedding(i, config.depth)})
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
+        self.lm_head = nn.Linear(config.width, config.vocab_size, bias=False)  # not tied to wte
+        # Before block i: x = resid_lambdas[i] * x + x0_lambdas[i] * (the normalised embedding).
+        self.resid_lambdas = nn.Parameter(torch.ones(config.depth))
+        self.x0_lambdas = nn.Parameter(torch.full((config.depth,), X0_LAMBDA))
+        cos, sin = rotary_tables(config.seq_len, config.head_dim)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+        bound = 3 ** 0.5 * config.width ** -0.5  # uniform with std 1/sqrt(width)
         for name, p in self.named_parameters():
-            # residual projections and the head start at zero: each block starts as the identity
-            if name.endswith("proj.weight") or name == "lm_head.weight":
-                nn.init.zeros_(p)
-            else:
-                nn.init.normal_(p, std=INIT_STD)
+            if name.endswith("proj.weight") or "ve_gate" in name:
+                nn.init.zeros_(p)  # each block starts as the identity; value-embedding gates at 1
+            elif name == "lm_head.weight":
+                nn.init.normal_(p, std=0.001)
+            elif name == "wte.weight":
+                nn.init.normal_(p, std=1.0)
+            elif p.dim() == 2:
+                nn.init.uniform_(p, -bound, bound)
 
     def forward(self, idx):
         B, T = idx.shape
-        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.lm_head(norm(x))
+        cos, sin = self.cos[:, :, :T], self.sin[:, :, :T]
+        x = x0 = norm(self.wte(idx))
+        for i, block in enumerate(self.blocks):
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+            x = block(x, ve, cos, sin)
+        logits = self.lm_head(norm(x)).float()
+        return SOFTCAP * torch.tanh(logits / SOFTCAP)
 
     def flops_per_token(self):
         """Matmul FLOPs of one training token (forward + backward), attention included."""
         c = self.config
-        matmul_params = sum(p.numel() for n, p in self.named_parameters() if n not in ("wte.weight", "wpe.weight"))
+        lookups = ("wte.", "value_embeds.")  # embeddings are table lookups, not matmuls
+        matmul_params = sum(p.numel() for n, p in self.named_parameters() if p.dim() == 2 and not n.startswith(lookups))
         return 6 * matmul_params + 12 * c.depth * c.width * c.seq_len
+
+
+# ---------------------------------------------------------------------------
+# The optimizer: Muon for the matrices of the blocks, AdamW for the rest
+
+
+def orthogonalize(g, dtype, steps=5):
+    """The nearest semi-orthogonal matrix to g (U V^T of its SVD), approximately: a quintic
+    Newton-Schulz iteration, computed in `dtype`."""
+    x = g.to(dtype)
+    wide = x.size(-2) <= x.size(-1)
+    if not wide:
+        x = x.mT
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        a = x @ x.mT
+        x = 3.4445 * x + (-4.7750 * a + 2.0315 * a @ a) @ x
+    return (x if wide else x.mT).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Momentum (Nesterov), orthogonalised per matrix, scaled for its shape; decoupled weight decay."""
+
+    def __init__(self, params, lr, momentum, weight_decay, dtype):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, dtype=dtype))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = orthogonalize(p.grad.lerp(buf, group["momentum"]), group["dtype"])
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * max(1.0, p.size(-2) / p.size(-1)) ** 0.5)
 
 
 # ---------------------------------------------------------------------------
@@ -173,16 +259,21 @@ print(f"device: {hw['device_name']} ({device.type}, {hw['threads']} threads), au
       f"matmul peak {hw['peak_flops'] / 1e12:.2f} TFLOP/s")
 print(f"model: {config}, {num_params / 1e6:.2f}M parameters")
 
-embed_params = [model.wte.weight, model.wpe.weight, model.lm_head.weight]
-matrices = [p for p in model.blocks.parameters() if p.dim() >= 2]
-others = [p for p in model.blocks.parameters() if p.dim() < 2]  # gains and biases, if a change adds some
-groups = [dict(params=embed_params, lr=EMBED_LR, weight_decay=0.0),
-          dict(params=matrices, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY),
-          dict(params=others, lr=LEARNING_RATE, weight_decay=0.0)]
+matrices = [p for p in model.blocks.parameters() if p.dim() == 2]
+assert len(matrices) == len(list(model.blocks.parameters())), "Muon takes only matrices: give others an AdamW group"
+adam_scale = (WIDTH / 768) ** -0.5  # the AdamW rates were set for a 768-wide model
+adam_groups = [dict(params=[model.wte.weight, *model.value_embeds.parameters()], lr=EMBED_LR * adam_scale),
+               dict(params=[model.lm_head.weight], lr=UNEMBED_LR * adam_scale),
+               dict(params=[model.resid_lambdas, model.x0_lambdas], lr=SCALAR_LR)]
 # fused: one kernel for all parameters (CPU and CUDA)
-optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(ADAM_BETA1, ADAM_BETA2), eps=1e-8, fused=True)
-for group in optimizer.param_groups:
-    group["initial_lr"] = group["lr"]
+adamw = torch.optim.AdamW(adam_groups, betas=(ADAM_BETA1, ADAM_BETA2), eps=1e-10, weight_decay=0.0, fused=True)
+# Newton-Schulz in bfloat16 where the machine multiplies it fast, as prepare.py measured
+muon = Muon(matrices, lr=MATRIX_LR, momentum=MUON_MOMENTUM, weight_decay=WEIGHT_DECAY,
+            dtype=torch.bfloat16 if device.type == "cuda" or amp_dtype == torch.bfloat16 else torch.float32)
+optimizers = [adamw, muon]
+for opt in optimizers:
+    for group in opt.param_groups:
+        group["initial_lr"] = group["lr"]
 
 train_model = torch.compile(model) if device.type == "cuda" else model  # compiling on CPU costs more than it saves
 holdout = holdout_windows(64).to(device) if many_epochs else None  # up to 64 windows from the end of the training split
@@ -225,18 +316,22 @@ while True:
     t0 = time.time()
     progress = min(training_time / budget_s, 1.0)
     lrm = lr_multiplier(progress)
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * lrm
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lrm
+    for group in muon.param_groups:
+        ramp = min(step / MOMENTUM_WARMUP, 1.0) if MOMENTUM_WARMUP > 0 else 1.0
+        group["momentum"] = 0.85 + ramp * (MUON_MOMENTUM - 0.85)
+        group["weight_decay"] = WEIGHT_DECAY * (1 - progress)
 
     x, y, epoch = next(batches)
     with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
         logits = train_model(x)
     loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
     loss.backward()
-    if GRAD_CLIP > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
     loss_value = loss.item()  # waits for the device
     if not math.isfinite(loss_value):
         raise SystemExit(f"training diverged at step {step}: loss is {loss_value}")

@@ -852,6 +852,14 @@ def measure_matmul_peak(device: str, dtype: torch.dtype) -> float:
     return best
 
 
+def bf16_matmul_slowdown() -> float:
+    """How many times slower a 512x512 matmul is in bfloat16 than in float32 (well under a second)."""
+    a = torch.randn(512, 512)
+    b = a.bfloat16()
+    fp32 = _best_seconds(lambda: a @ a, repeats=10, limit_s=0.5)
+    return _best_seconds(lambda: b @ b, repeats=10, limit_s=0.5, enough_s=20 * fp32) / fp32
+
+
 def measure_step_seconds(device: str, dtype: torch.dtype, enough_s: float = float("inf")) -> float:
     """One forward+backward of a small transformer-shaped MLP stack, under autocast to dtype (a
     first step slower than enough_s is the answer: a CPU without fast bf16 takes 20 s otherwise)."""
@@ -894,9 +902,12 @@ def hardware(remeasure: bool = False, verbose: bool = False) -> dict:
         # bf16 autocast is several times faster on CPUs with AMX and far slower on CPUs without
         # fast bf16, so measure instead of guessing.
         fp32 = measure_step_seconds("cpu", torch.float32)
-        bf16 = measure_step_seconds("cpu", torch.bfloat16, enough_s=4 * fp32)
-        dtype = "bfloat16" if bf16 < 0.9 * fp32 else "float32"
+        slowdown = bf16_matmul_slowdown()
+        # a CPU whose bf16 matmul is several times slower needs no 20 s training step to say so
+        bf16 = measure_step_seconds("cpu", torch.bfloat16, enough_s=4 * fp32) if slowdown < 4 else None
+        dtype = "bfloat16" if bf16 is not None and bf16 < 0.9 * fp32 else "float32"
         info["step_seconds"] = {"float32": fp32, "bfloat16": bf16}
+        info["bf16_matmul_slowdown"] = round(slowdown, 2)
     info["dtype"] = dtype
     info["peak_flops"] = measure_matmul_peak(device, getattr(torch, dtype))
     try:

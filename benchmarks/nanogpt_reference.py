@@ -115,7 +115,7 @@ class Reference(nn.Module):
         for i, layer in enumerate(self.layers):
             x = self.lambda_resid[i] * x + self.lambda_x0[i] * x0
             x = layer(x, self.ve[str(i)](idx) if str(i) in self.ve else None, rope)
-        z = self.head(rms(x)).float()
+        z = self.head(rms(x))  # no .float(): the export would pin the dtype the evaluator autocasts
         return 15 * torch.tanh(z / 15)
 
 
@@ -175,7 +175,7 @@ while training_time < budget_s:
         x, y, _ = next(batches)
         with torch.autocast(device_type=device.type, dtype=amp, enabled=amp != torch.float32):
             logits = compiled(x)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
         (loss / accum).backward()
     adamw.step()
     muon_step(matrices, muon_state, MATRIX_LR * lrm, 0.85 + 0.10 * min(step / 300, 1.0), WEIGHT_DECAY * (1 - progress),

@@ -229,6 +229,21 @@ def test_train_then_evaluate(trained):
     assert parse_text(proc.stdout)["val_bpb"] == held["test_bpb"]  # the metric's name, as the harness reads it
 
 
+def test_the_saved_model_runs_under_either_autocast_the_evaluator_may_pick(prepared, trained, monkeypatch):
+    """The evaluator scores in bf16 on machines with fast bf16 (and on GPUs): the exported program must
+    not pin float32 anywhere (a `.float()` inside forward becomes a dtype assertion in the export)."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(prepared["cache"]))
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    import evaluate
+    import prepare
+
+    model = evaluate.load_model(trained["artifacts"] / "model.pt2", "cpu")
+    x = torch.zeros(prepare.EVAL_BATCH_SIZE, prepare.SEQ_LEN, dtype=torch.long)
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = prepare.forward_logits(model, x, "cpu", dtype, 8)
+        assert logits.shape[:2] == x.shape and logits.dtype == torch.float32
+
+
 @pytest.mark.slow  # heavy (10-15 s); the default suite keeps the split and the evaluator's checks
 def test_gpu_path_saves_the_weights_best_on_held_out_training_text(prepared, tmp_path):
     """On a GPU train.py holds the end of the training split out and saves the checkpoint that did

@@ -183,7 +183,7 @@ class GPT(nn.Module):
             x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, ve, cos, sin)
-        logits = self.lm_head(norm(x)).float()
+        logits = self.lm_head(norm(x))  # no .float() here: the export would pin the dtype the evaluator autocasts
         return SOFTCAP * torch.tanh(logits / SOFTCAP)
 
     def flops_per_token(self):

@@ -117,3 +117,12 @@ def test_the_whole_readme_line_pasted_into_a_fresh_clone_reaches_the_baseline(tm
     assert "Traceback" not in out, out
     assert first_s is not None, out[-3000:]
     assert code == 0 and "stopped (interrupted)" in out, out[-3000:]
+
+
+def test_the_first_result_estimate_never_reads_zero_while_the_evaluation_still_runs():
+    from autoresearch.progress import Activity
+
+    running = Activity("[0] repeat 1/3", "run", budget_s=300, eta_s=315)
+    assert "first result in ~5m1" in running.text()
+    late = Activity("[0] repeat 1/3", "evaluate", budget_s=None, eta_s=0.4)  # the run took its whole estimate
+    assert "first result when evaluate ends" in late.text() and "~0s" not in late.text()

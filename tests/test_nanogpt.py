@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "nanogpt"
-TINY = {"DEPTH": "1", "WIDTH": "32", "HEAD_DIM": "16", "BATCH_SIZE": "4"}
+TINY = {"DEPTH": "1", "WIDTH": "32", "HEAD_DIM": "16", "BATCH_SIZE": "4", "COMPILE": "False"}  # a cold compile is ~30 s
 
 WORDS = ("the king queen lord lady sword crown night day love death heart blood fair foul speak hear "
          "come go stay fly swear weep laugh sleep wake old young true false sweet bitter gentle noble").split()
@@ -244,6 +244,29 @@ def test_the_saved_model_runs_under_either_autocast_the_evaluator_may_pick(prepa
         assert logits.shape[:2] == x.shape and logits.dtype == torch.float32
 
 
+@pytest.mark.slow  # a cold torch.compile of the tiny model: 30-60 s on two cores
+def test_compiled_training_reuses_the_declared_compile_cache_and_still_scores(prepared, tmp_path):
+    """COMPILE (the default) compiles into .cache/compile, the folder autoresearch.toml keeps from one
+    experiment to the next; a second run finds its kernels there and writes no new ones."""
+    exp = copy_example(tmp_path / "nanogpt", COMPILE="True")
+    env = env_for(prepared["cache"], prepared["corpus"], AUTORESEARCH_BUDGET_S="2",
+                  AUTORESEARCH_ARTIFACTS=str(tmp_path / "artifacts"))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    cache = exp / ".cache" / "compile"
+    from autoresearch.config import load_config
+
+    assert load_config(exp).experiment.cache == [".cache/compile"]
+    listings = []
+    for _ in range(2):
+        proc = run_py(["train.py"], exp, env, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        listings.append(sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()))
+    assert listings[0], "the compiled kernels did not go to the declared cache folder"
+    assert listings[1] == listings[0], "the second run compiled again instead of reusing the cache"
+    proc = run_py(["evaluate.py"], exp, env)
+    assert proc.returncode == 0 and "causality:        ok" in proc.stdout, proc.stdout + proc.stderr
+
+
 @pytest.mark.slow  # heavy (10-15 s); the default suite keeps the split and the evaluator's checks
 def test_gpu_path_saves_the_weights_best_on_held_out_training_text(prepared, tmp_path):
     """On a GPU train.py holds the end of the training split out and saves the checkpoint that did
@@ -285,6 +308,8 @@ def test_training_batches_leave_the_holdout_out(prepared, monkeypatch):
 def train_head(monkeypatch):
     """train.py's imports, knobs, model and optimizer classes, executed without the training below them."""
     monkeypatch.syspath_prepend(str(EXAMPLE))
+    # the head points torch.compile's cache into the current folder unless one is set: keep it out of here
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(EXAMPLE.parent / "unused"))
     head = (EXAMPLE / "train.py").read_text().split("\n# Setup:", 1)[0]
     module = type(sys)("train_head")
     monkeypatch.setitem(sys.modules, "train_head", module)  # @dataclass looks its module up

@@ -14,20 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-STATUS_STYLE = {
-    "baseline": "bold cyan",
-    "keep": "bold green",
-    "discard": "dim",
-    "crash": "red",
-    "timeout": "red",
-    "rejected": "magenta",
-    "invalid": "yellow",
-    "interrupted": "yellow",
-    "over_budget": "red",
-    "suspicious": "magenta",
-    "pruned": "cyan",
-    "screened_out": "cyan",
-}
+from .record import STATUS_STYLE
 
 
 def fmt_duration(seconds: float) -> str:
@@ -50,8 +37,9 @@ class Activity:
         elapsed = time.monotonic() - self.started
         parts = [self.label, self.phase]
         parts.append(f"{fmt_duration(elapsed)} / {fmt_duration(self.budget_s)}" if self.budget_s else fmt_duration(elapsed))
-        if self.eta_s is not None:
-            parts.append(f"first result in ~{fmt_duration(self.eta_s - elapsed)}")
+        if self.eta_s is not None:  # a guess: once it has passed, the first result comes when this phase ends
+            left = self.eta_s - elapsed
+            parts.append(f"first result in ~{fmt_duration(left)}" if left >= 1 else f"first result when {self.phase} ends")
         line = " | ".join(parts)
         if self.last_line:
             line += f" | {self.last_line}"
@@ -196,7 +184,7 @@ class Progress:
         tail.append(fmt_duration(wall))
         if self._max_time is not None:
             tail.append(f"{fmt_duration(self._max_time - (time.monotonic() - self._started))} left")
-        self._print("  ".join(parts) + "  | " + " | ".join(tail), STATUS_STYLE.get(status))
+        self._print("  ".join(parts) + "  | " + " | ".join(tail), STATUS_STYLE.get(status, (None,))[0])
 
     def finish(self, summary: "LoopSummary") -> None:
         self.end()

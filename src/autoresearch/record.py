@@ -37,6 +37,23 @@ STOPPED_EARLY = frozenset({Status.PRUNED, Status.SCREENED_OUT})
 FAILED = frozenset({Status.CRASH, Status.TIMEOUT, Status.OVER_BUDGET, Status.REJECTED})  # ran, no usable metric
 NEVER_RAN = frozenset({Status.INVALID, Status.INTERRUPTED, Status.CONFLICT})
 
+# Status -> colour, shared by the terminal (rich colour names) and the HTML report and dashboard (CSS).
+STATUS_STYLE = {
+    "baseline": ("bold blue", "#1f6feb"),
+    "keep": ("bold green", "#1a7f37"),
+    "discard": ("dim", "#8c959f"),
+    "crash": ("red", "#cf222e"),
+    "timeout": ("red", "#cf222e"),
+    "over_budget": ("yellow", "#bf8700"),
+    "rejected": ("magenta", "#8250df"),
+    "suspicious": ("magenta", "#8250df"),
+    "invalid": ("yellow", "#bf8700"),
+    "interrupted": ("yellow", "#bf8700"),
+    "pruned": ("cyan", "#0a7f8c"),
+    "screened_out": ("cyan", "#0a7f8c"),
+    "conflict": ("yellow", "#bf8700"),
+}
+
 
 @dataclass
 class ExperimentRecord:

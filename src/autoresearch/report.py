@@ -16,23 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .record import ADVANCES_BEST, FAILED
+from .record import ADVANCES_BEST, FAILED, STATUS_STYLE
 
-# Status -> colour, shared by the terminal table (rich colour names) and the HTML report (CSS).
-STATUS_STYLE = {
-    "baseline": ("bold blue", "#1f6feb"),
-    "keep": ("bold green", "#1a7f37"),
-    "discard": ("dim", "#8c959f"),
-    "crash": ("red", "#cf222e"),
-    "timeout": ("red", "#cf222e"),
-    "over_budget": ("yellow", "#bf8700"),
-    "rejected": ("magenta", "#8250df"),
-    "suspicious": ("magenta", "#8250df"),
-    "invalid": ("yellow", "#bf8700"),
-    "interrupted": ("yellow", "#bf8700"),
-    "pruned": ("cyan", "#0a7f8c"),
-    "screened_out": ("cyan", "#0a7f8c"),
-}
 # Statuses that ran and produced no usable metric: drawn as red crosses at the chart's edge.
 _FAILED = FAILED
 _MAX_LABEL = 48

@@ -15,7 +15,7 @@ from .errors import UserError
 # What it prints is shown; when it fails, the folder is emptied again so that init can simply be rerun.
 INIT_HOOK = "init_hook.py"
 INIT_HOOK_TIMEOUT_S = 900
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".autoresearch", ".pytest_cache", INIT_HOOK)
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".autoresearch", ".pytest_cache", ".cache", INIT_HOOK)
 
 
 def examples_dir() -> Path:

@@ -126,3 +126,44 @@ def test_the_first_result_estimate_never_reads_zero_while_the_evaluation_still_r
     assert "first result in ~5m1" in running.text()
     late = Activity("[0] repeat 1/3", "evaluate", budget_s=None, eta_s=0.4)  # the run took its whole estimate
     assert "first result when evaluate ends" in late.text() and "~0s" not in late.text()
+
+
+def test_each_repeat_of_a_long_baseline_prints_its_number_before_the_last_repeat_ends(tmp_path, monkeypatch):
+    """The status line promised a first result at the first repeat's end; a 3-repeat nanogpt
+    baseline printed nothing for ~17 minutes. Now each long repeat prints its number as it ends."""
+    import io
+
+    from rich.console import Console
+
+    from autoresearch.loop import Session
+    from autoresearch.progress import Progress
+    from conftest import make_experiment
+
+    root = make_experiment(tmp_path / "exp", baseline_runs=3)
+    buf = io.StringIO()
+    progress = Progress(console=Console(file=buf, force_terminal=False, width=200))
+    monkeypatch.setattr(Progress, "PLAIN_FIRST_S", 0.0)  # this experiment takes well under the real 5 s
+    s = Session(root, progress=progress)
+    s.open()
+    s.measure_baseline()
+    lines = buf.getvalue().splitlines()
+    repeats = [i for i, line in enumerate(lines) if re.match(r"\[0\] repeat \d/3: score \d", line)]
+    assert len(repeats) == 3, lines
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("[   0] baseline"))
+    assert repeats[-1] < verdict  # each number came as its repeat ended, before the baseline's verdict
+    assert re.search(r"repeat 1/3: score 4(\.\d+)? \(run \d+s\)", lines[repeats[0]])
+
+
+def test_quick_repeats_print_no_extra_line():
+    from autoresearch.progress import Progress
+
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    p = Progress(console=Console(file=buf, force_terminal=False))
+    p.measured("[3] repeat 1/3", "val_bpb", 0.5, run_s=0.8, evaluate_s=0.1)
+    assert buf.getvalue() == ""
+    p.measured("[3] repeat 1/3", "val_bpb", None, run_s=301.0, evaluate_s=44.0)
+    assert "[3] repeat 1/3: no val_bpb (run 5m01s, evaluate 44s)" in buf.getvalue()

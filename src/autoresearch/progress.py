@@ -151,6 +151,16 @@ class Progress:
             self._stop_ticker.set()
             ticker.join(timeout=2)
 
+    def measured(self, label: str, metric: str, value: float | None, run_s: float, evaluate_s: float | None,
+                 slot: str = "") -> None:
+        """One repeat's number as soon as it exists; only for repeats long enough to have shown a
+        status line, so quick experiments keep one line each."""
+        if run_s + (evaluate_s or 0.0) < self.PLAIN_FIRST_S:
+            return
+        what = f"{metric} {value:.6g}" if value is not None else f"no {metric}"
+        took = f"run {fmt_duration(run_s)}" + (f", evaluate {fmt_duration(evaluate_s)}" if evaluate_s is not None else "")
+        self._print(f"{slot + ' ' if slot else ''}{label}: {what} ({took})", "dim")
+
     @property
     def _activity(self) -> "Activity | None":
         return next(iter(self._activities.values()), None)

@@ -81,6 +81,11 @@ class Events:
 
     def end(self, slot: str = "") -> None: ...
 
+    def measured(self, label: str, metric: str, value: float | None, run_s: float, evaluate_s: float | None,
+                 slot: str = "") -> None:
+        """One repeat finished with METRIC = VALUE (None: no number), so a long baseline's first number does
+        not wait for its last repeat."""
+
 
 class TrialRunner:
     """Runs trials of one experiment folder. Everything here is fixed for the run (configuration,
@@ -170,6 +175,8 @@ class TrialRunner:
         if not res.ok:
             outcome.failed_step, outcome.exit_code, outcome.timed_out = "run", res.exit_code, res.timed_out
             outcome.last_line = res.tail(1)
+        self.events.measured(shown, self.config.metric.name, outcome.metric if judging.failure(outcome, self.config.metric.name) is None else None,
+                             res.wall_s, final.wall_s if final is not res else None, slot=slot.name)
         info = {
             "seed": seed,
             "exit_code": res.exit_code,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.errors import ProposalInvalid, UserError
+from autoresearch.judge import KEEP_Z
 from autoresearch.ledger import Ledger
 from autoresearch.loop import Session, run_loop, step
 from autoresearch.proposers import Proposal
@@ -334,7 +335,7 @@ def test_noise_is_pooled_over_every_repeated_measurement(tmp_path):
     assert s.noise() == pytest.approx(0.000707, rel=1e-2)
     step(s, Scripted(s.config, [2.9]))
     rec = Ledger(root / ".autoresearch").experiments()[-1]
-    assert rec["status"] == "keep" and rec["min_delta_used"] == pytest.approx(2 * 0.000707, rel=1e-2)
+    assert rec["status"] == "keep" and rec["min_delta_used"] == pytest.approx(KEEP_Z * 0.000707, rel=1e-2)  # x se, 2 runs each
     assert s.noise() == pytest.approx(0.000707, rel=1e-2)  # two pairs, same spread
 
 

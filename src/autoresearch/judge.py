@@ -10,7 +10,7 @@ never a candidate's first run, which was re-run because it looked lucky), as one
 proportional to the metric, whichever fits those repeats better, and robust to one code whose seeds
 scatter wildly (the median of the groups' variances). A candidate
 is compared with the best seed for seed where its runs share seeds with the best's and that is the
-tighter comparison, and kept when its gain exceeds 2 standard errors of the difference after at
+tighter comparison, and kept when its gain exceeds KEEP_Z (1.5) standard errors of the difference after at
 least two runs. Experiments flagged `suspicious` (a plausibility re-run) never enter the estimate.
 `noise = "pooled"` is the earlier rule: one std pooled over every repeated experiment, a keep at
 2 x that std.
@@ -59,7 +59,10 @@ def noise_of(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
-KEEP_Z = 2.0  # a keep needs a gain above this many standard errors of the difference
+# A keep needs a gain above this many standard errors of the difference. 1.5, not 2: on the
+# quickstart against plain TPE (benchmarks/tune_vs_optuna.py) 2 discarded more real wins than it
+# prevented false keeps.
+KEEP_Z = 1.5
 LOCAL_DOF = 8  # repeats (degrees of freedom) the local noise estimate gathers before it stops widening
 PRIOR_DOF = 2.0  # weight, in degrees of freedom, of the noise over all repeats in the local estimate
 MIN_PAIRS = 6  # shared-seed residuals needed before the seed-to-seed correlation is trusted

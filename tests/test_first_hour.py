@@ -155,11 +155,11 @@ def test_each_repeat_of_a_long_baseline_prints_its_number_before_the_last_repeat
 
 
 def test_quick_repeats_print_no_extra_line():
-    from autoresearch.progress import Progress
-
     import io
 
     from rich.console import Console
+
+    from autoresearch.progress import Progress
 
     buf = io.StringIO()
     p = Progress(console=Console(file=buf, force_terminal=False))

@@ -175,8 +175,9 @@ class TrialRunner:
         if not res.ok:
             outcome.failed_step, outcome.exit_code, outcome.timed_out = "run", res.exit_code, res.timed_out
             outcome.last_line = res.tail(1)
-        self.events.measured(shown, self.config.metric.name, outcome.metric if judging.failure(outcome, self.config.metric.name) is None else None,
-                             res.wall_s, final.wall_s if final is not res else None, slot=slot.name)
+        counted = judging.failure(outcome, self.config.metric.name) is None  # a failed repeat shows no number
+        self.events.measured(shown, self.config.metric.name, outcome.metric if counted else None, res.wall_s,
+                             final.wall_s if final is not res else None, slot=slot.name)
         info = {
             "seed": seed,
             "exit_code": res.exit_code,
